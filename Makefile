@@ -1,0 +1,22 @@
+# The two commands a new user needs: `make lab` (the TUI on a netns lab) and `make test`.
+# Both run `setup` first, which installs Debian packages and .venv idempotently.
+.PHONY: setup lab test bench lint clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+setup:
+	@bash scripts/setup.sh
+
+lab: setup
+	$(VENV)/bin/ipsec-lab
+
+test: setup
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(VENV)/bin/lint-imports
+
+bench: setup
+	$(PY) bench/bench_lab.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,71 @@
+"""The Backend interface every face (CLI, checks, TUI, tutorial) uses."""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+from ..lab.events import Reporter
+from ..lab.model import LabSpec, Pod, Service
+from ..lab.proc import Result
+from ..lab.status import LabStatus
+
+
+class Backend(abc.ABC):
+    """One lab on one backend. Methods raise LabError (one clear line) on failure."""
+
+    name: str = "base"
+
+    def __init__(self, lab: str, reporter: Reporter | None = None) -> None:
+        self.lab = lab
+        self.reporter = reporter or Reporter()
+
+    # lifecycle
+    @abc.abstractmethod
+    def up(self, spec: LabSpec) -> LabStatus: ...
+
+    @abc.abstractmethod
+    def down(self) -> list[str]:
+        """Remove everything of the lab, even after a crash; returns what was removed."""
+
+    @abc.abstractmethod
+    def exists(self) -> bool: ...
+
+    @abc.abstractmethod
+    def spec(self) -> LabSpec: ...
+
+    @abc.abstractmethod
+    def status(self) -> LabStatus: ...
+
+    # commands on nodes
+    @abc.abstractmethod
+    def node_argv(self, node: str, argv: Sequence[str], *, interactive: bool = False) -> list[str]:
+        """The argv that runs `argv` on `node` as if typed there (for exec/ssh)."""
+
+    @abc.abstractmethod
+    def exec(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0) -> Result: ...
+
+    # workload
+    @abc.abstractmethod
+    def deploy(self, replicas: int = 9) -> list[Pod]: ...
+
+    @abc.abstractmethod
+    def delete_pod(self, name: str) -> Pod:
+        """Delete a pod; the deployment replaces it. Returns the replacement."""
+
+    @abc.abstractmethod
+    def expose(self, node_port: int | None = None) -> Service: ...
+
+    # faults
+    @abc.abstractmethod
+    def tunnel_down(self, node: str, conn: str) -> str:
+        """Take one connection down as `ipsec down CONN` does; returns the command it ran."""
+
+    @abc.abstractmethod
+    def tunnel_up(self, node: str, conn: str) -> str: ...
+
+    @abc.abstractmethod
+    def restart_ipsec(self, node: str) -> None: ...
+
+    @abc.abstractmethod
+    def reboot(self, node: str) -> None: ...

@@ -1,0 +1,804 @@
+"""The netns backend: the seed's cluster network on one Linux host, as network namespaces.
+
+- An underlay namespace holds bridge br0 (the "switch" between the nodes, with the gateway).
+- Each node is a namespace with eth0 on that switch, its own cni0, iptables and routes, its own
+  charon, and a private /run, /etc/swanctl, /etc/strongswan.conf and /var/log, bound from the
+  lab's state directory by a small wrapper around `ip netns exec` (see NODE_WRAPPER).
+- Pods are namespaces held by files in the node's /run/netns (as containerd keeps them), attached
+  by the real CNI bridge + host-local plugins run inside the node, and served by one podserver
+  process per node. There is no kubelet: a pod is a network namespace with an HTTP server.
+
+Everything of lab L is named ilab-L-*, and state.json records it before it exists, so `down`
+finds and removes all of it even after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets as pysecrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..lab import naming, proc, render, state as labstate
+from ..lab.errors import LabError, NotFoundError, UsageError
+from ..lab.events import Reporter
+from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Node, Pod, Service, pair_key
+from ..lab.proc import ProcRef, Result
+from ..lab.status import LabStatus, NodeStatus
+from ..lab.vici_status import list_sas, tunnel_statuses
+from .base import Backend
+
+CHARON = "/usr/lib/ipsec/charon"
+CNI_BIN_DIR = "/usr/lib/cni"
+LIBIPSEC_PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so"
+REQUIRED_TOOLS = {
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "iptables-restore": "iptables",
+    "swanctl": "strongswan-swanctl",
+    "unshare": "util-linux",
+}
+REQUIRED_FILES = {
+    CHARON: "strongswan-charon",
+    f"{CNI_BIN_DIR}/bridge": "containernetworking-plugins",
+    f"{CNI_BIN_DIR}/host-local": "containernetworking-plugins",
+    "/etc/strongswan.conf": "strongswan-libcharon",
+    "/etc/swanctl": "strongswan-swanctl",
+}
+SWANCTL_SUBDIRS = ("conf.d", "x509", "x509ca", "x509aa", "x509ocsp", "x509crl", "x509ac", "pubkey",
+                   "private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12")
+
+# Runs a command inside a node: the node's /run, swanctl dir, strongswan.conf and /var/log are
+# bound over the host's, in the private mount namespace `ip netns exec` already gives us.
+# /run goes last: the other sources live under the host's /run, which it hides.
+NODE_WRAPPER = (
+    'mount --bind "$2" /etc/swanctl && mount --bind "$3" /etc/strongswan.conf && '
+    'mount --bind "$4" /var/log && mount --rbind "$1" /run && shift 4 && exec "$@"'
+)
+HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the characters Kubernetes uses in generated names
+POD_LIST = "ipsec-lab-pods.json"
+POD_CONTROL = "ipsec-lab-pods.sock"
+TUNNEL_WAIT_S = float(os.environ.get("IPSEC_LAB_TUNNEL_WAIT", "30"))
+
+
+def _rand(n: int) -> str:
+    return "".join(random.choice(HASH_ALPHABET) for _ in range(n))
+
+
+class NetnsBackend(Backend):
+    name = "netns"
+
+    def __init__(self, lab: str, reporter: Reporter | None = None) -> None:
+        super().__init__(naming.validate_lab_name(lab), reporter)
+        self.paths = labstate.LabPaths.of(lab)
+        self._state_lock = threading.RLock()
+        self._state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ state helpers
+    def _load(self) -> dict[str, Any]:
+        with self._state_lock:
+            self._state = labstate.load_state(self.paths)
+            return self._state
+
+    def _save(self) -> None:
+        with self._state_lock:
+            assert self._state is not None
+            labstate.save_state(self.paths, self._state)
+
+    def _update(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        with self._state_lock:
+            assert self._state is not None
+            fn(self._state)
+            labstate.save_state(self.paths, self._state)
+
+    def exists(self) -> bool:
+        return self.paths.state_file.exists()
+
+    def spec(self) -> LabSpec:
+        return LabSpec.from_dict(self._load()["spec"])
+
+    @property
+    def ul_ns(self) -> str:
+        return naming.underlay_namespace(self.lab)
+
+    def node_ns(self, node: str) -> str:
+        return naming.node_namespace(self.lab, node)
+
+    def _node(self, spec: LabSpec, node: str) -> Node:
+        return spec.node(node)
+
+    # ------------------------------------------------------------------ preflight
+    @staticmethod
+    def preflight(datapath: str | None = None) -> None:
+        if os.geteuid() != 0:
+            raise UsageError("the netns backend needs root (network namespaces, mounts, iptables): run it as root")
+        for tool, pkg in REQUIRED_TOOLS.items():
+            if shutil.which(tool) is None:
+                raise UsageError(f"{tool} is missing: install the Debian package {pkg} (or run `make setup`)")
+        for path, pkg in REQUIRED_FILES.items():
+            if not os.path.exists(path):
+                raise UsageError(f"{path} is missing: install the Debian package {pkg} (or run `make setup`)")
+        if datapath in (None, "kernel-libipsec") and not os.path.exists(LIBIPSEC_PLUGIN):
+            if datapath == "kernel-libipsec":
+                raise UsageError(f"{LIBIPSEC_PLUGIN} is missing: install libcharon-extra-plugins (or run `make setup`)")
+
+    def detect_datapath(self) -> str:
+        """kernel-xfrm where the kernel has ESP and XFRM interfaces, else kernel-libipsec."""
+        ns = naming.probe_namespace(self.lab)
+        proc.run(["ip", "netns", "add", ns], what=f"creating probe namespace {ns}")
+        try:
+            xfrm_if = proc.run(["ip", "-n", ns, "link", "add", "probe0", "type", "xfrm", "dev", "lo", "if_id", "1"], check=False)
+            esp = proc.run(
+                ["ip", "-n", ns, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+                 "spi", "0x100", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"],
+                check=False,
+            )
+        finally:
+            proc.run(["ip", "netns", "del", ns], check=False)
+        if xfrm_if.ok and esp.ok:
+            return "kernel-xfrm"
+        if not os.path.exists(LIBIPSEC_PLUGIN):
+            raise UsageError(
+                "this kernel has no ESP/XFRM interfaces and strongSwan's kernel-libipsec plugin is missing: "
+                "install libcharon-extra-plugins"
+            )
+        why = "no XFRM interfaces" if not xfrm_if.ok else "no kernel ESP"
+        self.reporter.line(f"data path: kernel-libipsec (userspace ESP in UDP; this kernel has {why})")
+        return "kernel-libipsec"
+
+    # ------------------------------------------------------------------ up
+    def up(self, spec: LabSpec, datapath: str | None = None) -> LabStatus:  # type: ignore[override]
+        if spec.name != self.lab:
+            raise UsageError(f"spec is for lab {spec.name!r}, backend for {self.lab!r}")
+        self.preflight(datapath)
+        with labstate.lab_lock(self.paths):
+            if self.exists():
+                raise UsageError(f"lab {self.lab!r} is already up; `ipsec-lab --lab {self.lab} down` removes it")
+            leftovers = self._lab_namespaces()
+            if leftovers:
+                raise UsageError(
+                    f"namespaces of an earlier lab {self.lab!r} are still there ({leftovers[0]}, ...); "
+                    f"`ipsec-lab --lab {self.lab} down` removes them"
+                )
+            if datapath is None:
+                with self.reporter.step("detect data path"):
+                    datapath = self.detect_datapath()
+            secrets = {pair_key(a.name, b.name): pysecrets.token_hex(32)
+                       for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
+            with self.reporter.step("render node configuration"):
+                rendered = render.render_lab(spec, datapath=datapath, secrets=secrets)
+            self._state = {
+                "version": 1,
+                "backend": self.name,
+                "phase": "creating",
+                "spec": spec.to_dict(),
+                "datapath": datapath,
+                "secrets": secrets,
+                "created": time.time(),
+                "nodes": {n.name: {"state": "creating", "boots": 0} for n in spec.node_list()},
+                "deployment": None,
+                "pods": [],
+                "service": None,
+            }
+            try:
+                self._save()
+                for node, files in rendered.items():
+                    self._write_node_files(node, files)
+                with self.reporter.step("create underlay"):
+                    self._create_underlay(spec)
+                self._parallel(lambda n: self._boot_node(spec, n, rebooting=False), spec.node_list())
+                self._wait_tunnels(spec, TUNNEL_WAIT_S)
+                self._update(lambda s: s.__setitem__("phase", "up"))
+            except BaseException as exc:
+                if os.environ.get("IPSEC_LAB_NO_ROLLBACK") == "1":  # for debugging a failed bring-up
+                    self.reporter.line(f"bring-up failed ({exc}); left as is (IPSEC_LAB_NO_ROLLBACK=1)", stream="stderr")
+                    raise
+                self.reporter.line(f"bring-up failed ({exc}); rolling back", stream="stderr")
+                self._teardown(quiet=True)
+                raise
+        return self.status()
+
+    def _parallel(self, fn: Callable[[Node], Any], nodes: Sequence[Node]) -> list[Any]:
+        if len(nodes) == 1:
+            return [fn(nodes[0])]
+        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+            futures = [pool.submit(fn, n) for n in nodes]
+            results, first_error = [], None
+            for f in futures:
+                try:
+                    results.append(f.result())
+                except BaseException as exc:  # collect all, raise the first
+                    first_error = first_error or exc
+            if first_error:
+                raise first_error
+            return results
+
+    def _write_node_files(self, node: str, files: dict[str, render.RenderedFile]) -> None:
+        etc = self.paths.node_etc(node)
+        for sub in SWANCTL_SUBDIRS:
+            (etc / "swanctl" / sub).mkdir(parents=True, exist_ok=True)
+        targets = {
+            "strongswan.conf": etc / "strongswan.conf",
+            "swanctl.conf": etc / "swanctl" / "swanctl.conf",
+            "10-ipsec-lab.conflist": etc / "cni" / "net.d" / "10-ipsec-lab.conflist",
+            "node-boot.sh": etc / "ipsec-lab" / "node-boot.sh",
+        }
+        for role, f in files.items():
+            labstate.write_file(targets[role], f.content, f.mode)
+        self.paths.node_log(node).mkdir(parents=True, exist_ok=True)
+
+    def _create_underlay(self, spec: LabSpec) -> None:
+        ns = self.ul_ns
+        proc.run(["ip", "netns", "add", ns])
+        batch = [
+            f"link set lo up",
+            f"link add {naming.UNDERLAY_BRIDGE} type bridge",
+            f"link set {naming.UNDERLAY_BRIDGE} mtu {spec.underlay_mtu}",
+            f"addr add {spec.gateway}/{spec.underlay.prefixlen} dev {naming.UNDERLAY_BRIDGE}",
+            f"link set {naming.UNDERLAY_BRIDGE} up",
+        ]
+        self._ip_batch(ns, batch)
+        # The underlay is a switch, not a router: traffic that is not for a node dies here.
+        proc.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        self.reporter.line(f"underlay {spec.underlay} on {naming.UNDERLAY_BRIDGE} in namespace {ns}")
+
+    def _ip_batch(self, ns: str, lines: Iterable[str]) -> None:
+        proc.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n", what=f"ip -n {ns} -batch")
+
+    # ------------------------------------------------------------------ nodes
+    def node_argv(self, node: str, argv: Sequence[str], *, interactive: bool = False) -> list[str]:
+        etc = self.paths.node_etc(node)
+        return [
+            "ip", "netns", "exec", self.node_ns(node), "sh", "-c", NODE_WRAPPER, "ipsec-lab-node",
+            str(self.paths.node_run(node)), str(etc / "swanctl"), str(etc / "strongswan.conf"),
+            str(self.paths.node_log(node)), *argv,
+        ]
+
+    def _check_node(self, node: str) -> LabSpec:
+        spec = self.spec()
+        spec.node(node)  # raises UsageError for an unknown node
+        return spec
+
+    def exec(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0,
+             env: dict[str, str] | None = None, check: bool = False) -> Result:
+        return proc.run(self.node_argv(node, argv), input=input, timeout=timeout, env=env, check=check,
+                        what=f"{' '.join(argv)} on {node}")
+
+    def _boot_node(self, spec: LabSpec, node: Node, *, rebooting: bool) -> None:
+        name, ns = node.name, self.node_ns(node.name)
+        with self.reporter.step(f"boot {name}", node=name):
+            self._update(lambda s: s["nodes"][name].update(state="booting"))
+            run_dir = self.paths.node_run(name)
+            (run_dir / "netns").mkdir(parents=True, exist_ok=True)
+            run_dir.chmod(0o755)
+            # Pods' namespaces are mounted here later, from the host side; a shared mount lets
+            # them propagate into processes already running in the node (the podserver).
+            proc.run(["mount", "--bind", str(run_dir / "netns"), str(run_dir / "netns")])
+            proc.run(["mount", "--make-shared", str(run_dir / "netns")])
+            proc.run(["ip", "netns", "add", ns])
+            port = naming.underlay_port(node.index)
+            self._ip_batch(self.ul_ns, [
+                f"link add {port} type veth peer name {naming.NODE_UNDERLAY_IF} netns {ns}",
+                f"link set {port} mtu {spec.underlay_mtu} master {naming.UNDERLAY_BRIDGE} up",
+            ])
+            self._ip_batch(ns, [
+                "link set lo up",
+                f"link set {naming.NODE_UNDERLAY_IF} mtu {spec.underlay_mtu}",
+                f"addr add {node.underlay_ip}/{spec.underlay.prefixlen} dev {naming.NODE_UNDERLAY_IF}",
+                f"link set {naming.NODE_UNDERLAY_IF} up",
+                f"route add default via {spec.gateway}",
+            ])
+            self.reporter.line(f"{naming.NODE_UNDERLAY_IF} {node.underlay_ip}/{spec.underlay.prefixlen}, default via {spec.gateway}", node=name)
+            # The seed's start order: cni0 and the firewall first, then strongSwan, then pods.
+            script = (self.paths.node_etc(name) / "ipsec-lab" / "node-boot.sh").read_text()
+            boot = self.exec(name, ["sh", "-x", "-s"], input=script, check=False)
+            for line in boot.stderr.splitlines():
+                if line.startswith("+ "):
+                    self.reporter.line(line[2:], node=name)
+            if not boot.ok:
+                raise LabError(f"boot script failed on {name}: {proc.last_line(boot.stderr)}")
+            self._start_charon(name)
+            self._start_podserver(name)
+            self._update(lambda s: s["nodes"][name].update(state="ready", booted_at=time.time(),
+                                                           boots=s["nodes"][name].get("boots", 0) + 1))
+            if rebooting:
+                self._recreate_node_pods(spec, node)
+
+    def _start_daemon(self, node: str, argv: Sequence[str], log_name: str, env: dict[str, str] | None = None) -> ProcRef:
+        log = open(self.paths.node_log(node) / log_name, "ab")
+        try:
+            p = subprocess.Popen(self.node_argv(node, argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True, env=env, cwd="/")
+        finally:
+            log.close()
+        return ProcRef(p.pid, proc.start_time(p.pid) or 0)
+
+    def _start_charon(self, node: str) -> None:
+        vici = self.paths.vici_socket(node)
+        with contextlib.suppress(FileNotFoundError):
+            vici.unlink()
+        ref = self._start_daemon(node, [CHARON], "charon.stdout")
+        self._update(lambda s: s["nodes"][node].update(charon=ref.to_list()))
+        deadline = time.monotonic() + 10
+        while True:
+            if not proc.alive(ref):
+                tail = self._log_tail(node, 3)
+                raise LabError(f"charon on {node} exited at start: {tail or 'see its log'}")
+            try:
+                list_sas(str(vici), timeout=0.5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"charon on {node} does not answer on {vici}")
+                time.sleep(0.005)
+        self.reporter.line(f"charon started (pid {ref.pid})", node=node)
+        load = self.exec(node, ["swanctl", "--load-all", "--noprompt"])
+        for line in (load.stdout + load.stderr).splitlines():
+            self.reporter.line(line, node=node, source="provisioning")
+        if not load.ok:
+            raise LabError(f"swanctl --load-all failed on {node}: {proc.last_line(load.stderr or load.stdout)}")
+
+    def _log_tail(self, node: str, n: int) -> str:
+        try:
+            lines = self.paths.charon_log(node).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-n:])
+
+    def _start_podserver(self, node: str) -> None:
+        import sys
+
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        ref = self._start_daemon(node, [sys.executable, "-m", "tui.backends.podserver"], "podserver.log", env=env)
+        self._update(lambda s: s["nodes"][node].update(podserver=ref.to_list()))
+        deadline = time.monotonic() + 15
+        while not (self.paths.node_run(node) / POD_CONTROL).exists():
+            if not proc.alive(ref):
+                raise LabError(f"podserver on {node} exited at start; see {self.paths.node_log(node) / 'podserver.log'}")
+            if time.monotonic() > deadline:
+                raise LabError(f"podserver on {node} did not start")
+            time.sleep(0.005)
+
+    def _podserver_sync(self, node: str) -> None:
+        with self._state_lock:
+            assert self._state is not None
+            pods = {p["name"]: p["netns"] for p in self._state["pods"] if p["node"] == node and p.get("netns")}
+        labstate.write_file(self.paths.node_run(node) / POD_LIST, json.dumps(pods), 0o644)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect(str(self.paths.node_run(node) / POD_CONTROL))
+            sock.sendall(b"sync\n")
+            answer = sock.recv(4096).decode().strip()
+        except OSError as exc:
+            raise LabError(f"podserver on {node} does not answer: {exc}") from None
+        finally:
+            sock.close()
+        if not answer.startswith("ok"):
+            raise LabError(f"podserver on {node}: {answer}")
+
+    def _wait_tunnels(self, spec: LabSpec, timeout: float) -> float:
+        t0 = time.monotonic()
+        with self.reporter.step("wait for the IPsec mesh") as step:
+            while True:
+                st = self._tunnel_statuses(spec)
+                up = sum(t.up for t in st)
+                if up == len(st):
+                    step.detail = f"{len(st) // 2} node pairs, {len(st)} tunnel ends ESTABLISHED/INSTALLED"
+                    self.reporter.line(f"all {len(st)} tunnel ends ESTABLISHED with CHILD SA INSTALLED "
+                                       f"in {time.monotonic() - t0:.2f} s")
+                    return time.monotonic() - t0
+                if time.monotonic() - t0 > timeout:
+                    down = [f"{t.node}/{t.name}" for t in st if not t.up]
+                    raise LabError(f"tunnels not established after {timeout:.0f} s: {', '.join(down[:6])}")
+                time.sleep(0.01)
+
+    def _tunnel_statuses(self, spec: LabSpec):
+        out = []
+        for n in spec.node_list():
+            try:
+                sas = list_sas(str(self.paths.vici_socket(n.name)), timeout=1.0)
+            except OSError:
+                sas = None
+            out.extend(tunnel_statuses(spec.tunnels_of(n), sas))
+        return out
+
+    # ------------------------------------------------------------------ pods
+    def _cni(self, node: Node, command: str, container_id: str, netns: str) -> dict:
+        conflist = json.loads((self.paths.node_etc(node.name) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())
+        plugin = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"], name=conflist["name"])
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": CNI_BIN_DIR,
+        }
+        res = self.exec(node.name, [f"{CNI_BIN_DIR}/{plugin['type']}"], input=json.dumps(plugin), env=env)
+        if not res.ok:
+            try:
+                msg = json.loads(res.stdout).get("msg", res.stdout)
+            except ValueError:
+                msg = proc.last_line(res.stderr or res.stdout)
+            raise LabError(f"CNI {command} failed on {node.name}: {msg}")
+        return json.loads(res.stdout) if res.stdout.strip() else {}
+
+    def _create_pod(self, node: Node, name: str, restarts: int = 0) -> dict:
+        nsid = f"cni-{uuid.uuid4()}"
+        host_path = self.paths.node_run(node.name) / "netns" / nsid
+        host_path.touch()
+        proc.run(["unshare", f"--net={host_path}", "ip", "link", "set", "lo", "up"], what=f"creating pod {name}")
+        container_id = uuid.uuid4().hex
+        result = self._cni(node, "ADD", container_id, f"/run/netns/{nsid}")
+        ip = result["ips"][0]["address"].split("/")[0]
+        self.reporter.line(f"pod {name}: CNI ADD (bridge, host-local) -> {ip}", node=node.name)
+        return {"name": name, "node": node.name, "ip": ip, "netns": f"/run/netns/{nsid}", "id": container_id,
+                "restarts": restarts, "created": time.time()}
+
+    def _destroy_pod(self, spec: LabSpec, pod: dict, *, cni_del: bool = True) -> None:
+        node = spec.node(pod["node"])
+        if cni_del and pod.get("netns"):
+            with contextlib.suppress(LabError):
+                self._cni(node, "DEL", pod["id"], pod["netns"])
+        if pod.get("netns"):
+            host_path = self.paths.node_run(node.name) / "netns" / Path(pod["netns"]).name
+            proc.umount_lazy(str(host_path))
+            with contextlib.suppress(FileNotFoundError):
+                host_path.unlink()
+
+    def _pods_of(self, node: str) -> list[dict]:
+        assert self._state is not None
+        return [p for p in self._state["pods"] if p["node"] == node]
+
+    def deploy(self, replicas: int = 9) -> list[Pod]:
+        if not 0 <= replicas <= 250:
+            raise UsageError(f"replicas must be between 0 and 250, got {replicas}")
+        with labstate.lab_lock(self.paths):
+            st = self._load()
+            spec = LabSpec.from_dict(st["spec"])
+            if replicas > spec.nodes * 250:
+                raise UsageError("more replicas than the nodes' /24 ranges can hold")
+            dep = st.get("deployment") or {"name": naming.DEPLOYMENT_NAME, "hash": _rand(10), "replicas": 0}
+            st["deployment"] = dict(dep, replicas=replicas)
+            pods = st["pods"]
+            with self.reporter.step(f"deploy {naming.DEPLOYMENT_NAME} x{replicas}"):
+                # Scale down: newest pods first, from the fullest node.
+                doomed = []
+                while len(pods) - len(doomed) > replicas:
+                    left = [p for p in pods if p not in doomed]
+                    counts = {n.name: sum(p["node"] == n.name for p in left) for n in spec.node_list()}
+                    fullest = max(counts, key=lambda k: (counts[k], spec.node(k).index))
+                    doomed.append(max((p for p in left if p["node"] == fullest), key=lambda p: p["created"]))
+                # Scale up: round-robin over the nodes with the fewest pods (3 per node for 9 on 3).
+                placement: dict[str, list[str]] = {}
+                counts = {n.name: sum(p["node"] == n.name for p in pods if p not in doomed) for n in spec.node_list()}
+                existing = {p["name"] for p in pods}
+                for _ in range(replicas - (len(pods) - len(doomed))):
+                    target = min(counts, key=lambda k: (counts[k], spec.node(k).index))
+                    counts[target] += 1
+                    name = self._new_pod_name(dep["hash"], existing)
+                    existing.add(name)
+                    placement.setdefault(target, []).append(name)
+                self._apply_pod_changes(spec, doomed, placement)
+            return [self._pod(p) for p in self._state["pods"]]  # type: ignore[index]
+
+    def _new_pod_name(self, pod_hash: str, taken: set[str]) -> str:
+        while True:
+            name = f"{naming.DEPLOYMENT_NAME}-{pod_hash}-{_rand(5)}"
+            if name not in taken:
+                return name
+
+    def _apply_pod_changes(self, spec: LabSpec, doomed: list[dict], placement: dict[str, list[str]]) -> None:
+        for p in doomed:
+            self._destroy_pod(spec, p)
+            self.reporter.line(f"pod {p['name']} deleted (CNI DEL)", node=p["node"])
+        with self._state_lock:
+            assert self._state is not None
+            names = {p["name"] for p in doomed}
+            self._state["pods"] = [p for p in self._state["pods"] if p["name"] not in names]
+            self._save()
+        touched = {p["node"] for p in doomed} | set(placement)
+
+        def create_on(node: Node) -> None:
+            for name in placement.get(node.name, []):
+                pod = self._create_pod(node, name)
+                with self._state_lock:
+                    self._state["pods"].append(pod)  # type: ignore[index]
+                    self._save()
+            if node.name in touched:
+                self._podserver_sync(node.name)
+
+        self._parallel(create_on, [n for n in spec.node_list() if n.name in touched])
+        if touched:
+            self._sync_service_rules(spec)
+
+    def delete_pod(self, name: str) -> Pod:
+        with labstate.lab_lock(self.paths):
+            st = self._load()
+            spec = LabSpec.from_dict(st["spec"])
+            pod = next((p for p in st["pods"] if p["name"] == name), None)
+            if pod is None:
+                raise NotFoundError(f"no pod named {name!r}; `ipsec-lab status` lists the pods")
+            dep = st["deployment"]
+            replacement = self._new_pod_name(dep["hash"], {p["name"] for p in st["pods"]})
+            # The Deployment controller schedules the replacement on the node with the fewest pods.
+            counts = {n.name: sum(p["node"] == n.name for p in st["pods"] if p is not pod) for n in spec.node_list()}
+            target = min(counts, key=lambda k: (counts[k], spec.node(k).index))
+            self._apply_pod_changes(spec, [pod], {target: [replacement]})
+            return self._pod(next(p for p in self._state["pods"] if p["name"] == replacement))  # type: ignore[index]
+
+    def _recreate_node_pods(self, spec: LabSpec, node: Node) -> None:
+        """After a reboot: the node's pods come back (same names, one more restart, new sandboxes)."""
+        with self._state_lock:
+            old = [dict(p) for p in self._pods_of(node.name)]
+        for p in old:
+            fresh = self._create_pod(node, p["name"], restarts=p.get("restarts", 0) + 1)
+            with self._state_lock:
+                self._state["pods"] = [fresh if q["name"] == p["name"] else q for q in self._state["pods"]]  # type: ignore[index]
+                self._save()
+        self._podserver_sync(node.name)
+
+    def _pod(self, p: dict) -> Pod:
+        return Pod(name=p["name"], node=p["node"], ip=p.get("ip"), restarts=p.get("restarts", 0),
+                   created=p.get("created", 0.0), netns=p.get("netns", ""))
+
+    # ------------------------------------------------------------------ service (kube-proxy's job)
+    def expose(self, node_port: int | None = None) -> Service:
+        lo, hi = NODE_PORT_RANGE
+        if node_port is not None and not lo <= node_port <= hi:
+            raise UsageError(f"node port must be in {lo}-{hi}, got {node_port}")
+        with labstate.lab_lock(self.paths):
+            st = self._load()
+            if not st.get("deployment"):
+                raise UsageError("nothing to expose: deploy first (`ipsec-lab deploy`)")
+            if node_port is None:
+                node_port = (st.get("service") or {}).get("node_port") or random.randint(lo, hi)
+            svc = {"name": naming.DEPLOYMENT_NAME, "type": "NodePort", "port": POD_PORT, "node_port": node_port}
+            self._update(lambda s: s.__setitem__("service", svc))
+            with self.reporter.step(f"expose {naming.DEPLOYMENT_NAME} on node port {node_port}"):
+                self._sync_service_rules(LabSpec.from_dict(st["spec"]))
+            return Service(**svc)
+
+    def _sync_service_rules(self, spec: LabSpec) -> None:
+        with self._state_lock:
+            assert self._state is not None
+            svc = self._state.get("service")
+            endpoints = [p["ip"] for p in self._state["pods"] if p.get("ip")]
+        if not svc:
+            return
+        self._parallel(lambda n: self._apply_service_rules(spec, n, svc, endpoints), spec.node_list())
+
+    def _apply_service_rules(self, spec: LabSpec, node: Node, svc: dict, endpoints: list[str]) -> None:
+        rules = kube_proxy_rules(spec, node, svc, endpoints)
+        res = self.exec(node.name, ["iptables-restore", "-w"], input=rules)
+        if not res.ok:
+            raise LabError(f"iptables-restore failed on {node.name}: {proc.last_line(res.stderr)}")
+        # Forwarded NodePort traffic (from the underlay to a pod elsewhere) passes FORWARD DROP
+        # only with kube-proxy's mark, as kube-proxy's KUBE-FORWARD chain allows it.
+        self.exec(node.name, ["sh", "-c",
+                              "iptables -w -C FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT 2>/dev/null || "
+                              "iptables -w -A FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT"])
+        self.reporter.line(f"kube-proxy rules: node port {svc['node_port']} -> {len(endpoints)} endpoints", node=node.name)
+
+    # ------------------------------------------------------------------ faults
+    def tunnel_down(self, node: str, conn: str) -> str:
+        spec = self._check_node(node)
+        spec.tunnel(node, conn)
+        cmd = ["swanctl", "--terminate", "--ike", conn]
+        with self.reporter.step(f"{' '.join(cmd)} on {node} (the seed's `ipsec down {conn}`)", node=node):
+            res = self.exec(node, cmd, timeout=15)
+            for line in (res.stdout + res.stderr).splitlines():
+                self.reporter.line(line, node=node, source="actions")
+            if not res.ok:
+                raise LabError(f"{' '.join(cmd)} failed on {node}: {proc.last_line(res.stderr or res.stdout)}")
+        return " ".join(cmd)
+
+    def tunnel_up(self, node: str, conn: str) -> str:
+        spec = self._check_node(node)
+        spec.tunnel(node, conn)
+        cmd = ["swanctl", "--initiate", "--child", conn, "--timeout", "10"]
+        current = next((t for t in self._tunnel_statuses(spec) if t.node == node and t.name == conn), None)
+        if current is not None and current.up:
+            self.reporter.line(f"{conn} on {node} is already up", node=node, source="actions")
+            return " ".join(cmd)
+        with self.reporter.step(f"{' '.join(cmd)} on {node}", node=node):
+            res = self.exec(node, cmd, timeout=15)
+            for line in (res.stdout + res.stderr).splitlines():
+                self.reporter.line(line, node=node, source="actions")
+        return " ".join(cmd)
+
+    def restart_ipsec(self, node: str) -> None:
+        with labstate.lab_lock(self.paths):
+            spec = self._check_node(node)
+            with self.reporter.step(f"restart strongSwan on {node}", node=node):
+                ref = ProcRef.from_list(self._state["nodes"][node].get("charon"))  # type: ignore[index]
+                # A new charon started while the old one still exits cannot bind UDP 500/4500
+                # and never gets an SA: wait until the old PID is gone.
+                proc.stop([ref], grace=3.0)
+                self._start_charon(node)
+
+    def reboot(self, node: str) -> None:
+        with labstate.lab_lock(self.paths):
+            spec = self._check_node(node)
+            n = spec.node(node)
+            with self.reporter.step(f"reboot {node}", node=node):
+                self._halt_node(n)
+                self._boot_node(spec, n, rebooting=True)
+                self._sync_service_rules(spec)
+
+    def _halt_node(self, node: Node) -> None:
+        """Power off: processes killed, the namespace and its /run (pods, IPAM data) gone."""
+        name = node.name
+        self._update(lambda s: s["nodes"][name].update(state="down"))
+        info = self._state["nodes"][name]  # type: ignore[index]
+        proc.stop([ProcRef.from_list(info.get("charon")), ProcRef.from_list(info.get("podserver"))], grace=1.0)
+        self._kill_namespace_processes(self.node_ns(name))
+        proc.run(["ip", "-n", self.ul_ns, "link", "del", naming.underlay_port(node.index)], check=False)
+        run_dir = self.paths.node_run(name)
+        proc.umount_all_under(str(run_dir))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        proc.run(["ip", "netns", "del", self.node_ns(name)], check=False)
+        with self._state_lock:
+            for p in self._pods_of(name):
+                p.update(ip=None, netns="")
+            self._save()
+        self.reporter.line(f"{name} powered off: processes stopped, namespace and /run wiped", node=name)
+
+    def set_underlay_link(self, node: str, up: bool) -> None:
+        spec = self._check_node(node)
+        port = naming.underlay_port(spec.node(node).index)
+        proc.run(["ip", "-n", self.ul_ns, "link", "set", port, "up" if up else "down"])
+        self.reporter.line(f"underlay link of {node} {'restored' if up else 'cut'}", node=node, source="actions")
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> LabStatus:
+        st = self._load()
+        spec = LabSpec.from_dict(st["spec"])
+        nodes = []
+        tunnels = []
+        pod_counts: dict[str, int] = {}
+        for p in st["pods"]:
+            pod_counts[p["node"]] = pod_counts.get(p["node"], 0) + 1
+        for n in spec.node_list():
+            info = st["nodes"].get(n.name, {})
+            charon = ProcRef.from_list(info.get("charon"))
+            running = proc.alive(charon)
+            try:
+                sas = list_sas(str(self.paths.vici_socket(n.name)), timeout=1.0) if running else None
+            except OSError:
+                sas = None
+            tunnels.extend(tunnel_statuses(spec.tunnels_of(n), sas))
+            nodes.append(NodeStatus(
+                name=n.name, ip=str(n.underlay_ip), pod_cidr=str(n.pod_cidr), state=info.get("state", "unknown"),
+                ipsec_state="running" if running else "stopped", ipsec_uptime=proc.uptime_of(charon),
+                pods=pod_counts.get(n.name, 0), ipam_used=self._ipam_used(n.name),
+            ))
+        pods = []
+        for p in st["pods"]:
+            node_state = st["nodes"].get(p["node"], {}).get("state")
+            server = ProcRef.from_list(st["nodes"].get(p["node"], {}).get("podserver"))
+            state = "Running" if node_state == "ready" and p.get("ip") and proc.alive(server) else (
+                "ContainerCreating" if node_state in ("booting", "down") else "Unknown")
+            pods.append(Pod(name=p["name"], node=p["node"], ip=p.get("ip"), state=state,
+                            restarts=p.get("restarts", 0), created=p.get("created", 0.0), netns=p.get("netns", "")))
+        services = [Service(**st["service"])] if st.get("service") else []
+        return LabStatus(self.lab, self.name, st.get("datapath", "?"), nodes, tunnels, pods, services)
+
+    def _ipam_used(self, node: str) -> int:
+        d = self.paths.node_run(node) / "cni" / "networks" / "ipsec-lab"
+        try:
+            return sum(1 for f in d.iterdir() if f.name[0].isdigit() and not f.name.startswith("last_reserved"))
+        except OSError:
+            return 0
+
+    # ------------------------------------------------------------------ down
+    def _lab_namespaces(self) -> list[str]:
+        prefix = naming.lab_prefix(self.lab)
+        try:
+            names = os.listdir("/run/netns")
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.startswith(prefix))
+
+    def _kill_namespace_processes(self, ns: str) -> None:
+        """Processes inside one of this lab's namespaces (started by the lab or a user's exec)."""
+        res = proc.run(["ip", "netns", "pids", ns], check=False)
+        refs = []
+        for tok in res.stdout.split():
+            if tok.isdigit() and int(tok) != os.getpid():
+                st = proc.start_time(int(tok))
+                if st is not None:
+                    refs.append(ProcRef(int(tok), st))
+        if refs:
+            proc.stop(refs, grace=0.5, sig=signal.SIGKILL)
+
+    def down(self) -> list[str]:
+        removed: list[str] = []
+        with labstate.lab_lock(self.paths):
+            removed = self._teardown(quiet=False)
+        return removed
+
+    def _teardown(self, quiet: bool) -> list[str]:
+        removed: list[str] = []
+        try:
+            st = labstate.load_state(self.paths)
+        except LabError:
+            st = {}
+        refs = []
+        for info in (st.get("nodes") or {}).values():
+            for key in ("charon", "podserver"):
+                r = ProcRef.from_list(info.get(key))
+                if proc.alive(r):
+                    refs.append(r)
+        if refs:
+            proc.stop(refs, grace=1.0)
+            removed.append(f"{len(refs)} processes")
+        namespaces = self._lab_namespaces()
+        for ns in namespaces:
+            self._kill_namespace_processes(ns)
+        if self.paths.dir.exists():
+            proc.umount_all_under(str(self.paths.dir))
+        # Nodes first (their veths go with them), the underlay last.
+        for ns in sorted(namespaces, key=lambda n: n == self.ul_ns):
+            proc.run(["ip", "netns", "del", ns], check=False)
+            removed.append(f"namespace {ns}")
+        if self.paths.dir.exists() or self.paths.lock.exists():
+            removed.append(f"state {self.paths.dir}")
+        labstate.remove_lab_files(self.paths)
+        if not quiet:
+            for item in removed:
+                self.reporter.line(f"removed {item}", source="actions")
+        self._state = None
+        return removed
+
+
+def kube_proxy_rules(spec: LabSpec, node: Node, svc: dict, endpoints: list[str]) -> str:
+    """The nat table kube-proxy's iptables mode would write for one NodePort service.
+
+    Each endpoint is chosen with probability 1/(n-i) in turn, which spreads connections evenly.
+    Traffic from outside the pod network is marked and SNATed to the node's cni0 address (not
+    MASQUERADE: ipsec0 has no address, and the tunnels carry only pod-range sources).
+    """
+    svc_chain = "KUBE-SVC-BOOTCAMP"
+    lines = [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
+        ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
+        f":{svc_chain} - [0:0]",
+    ]
+    seps = [f"KUBE-SEP-{i:03d}" for i in range(len(endpoints))]
+    lines += [f":{s} - [0:0]" for s in seps]
+    lines += [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+        f"-A KUBE-POSTROUTING -j SNAT --to-source {node.cni0_ip}",
+        "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+        f'-A KUBE-NODEPORTS -p tcp -m comment --comment "default/{svc["name"]}" -m tcp --dport {svc["node_port"]} -j {svc_chain}',
+        f"-A {svc_chain} ! -s {spec.pod_supernet} -j KUBE-MARK-MASQ",
+    ]
+    n = len(endpoints)
+    for i, (ip, sep) in enumerate(zip(endpoints, seps)):
+        if i < n - 1:
+            lines.append(f"-A {svc_chain} -m statistic --mode random --probability {1.0 / (n - i):.11f} -j {sep}")
+        else:
+            lines.append(f"-A {svc_chain} -j {sep}")
+        lines.append(f"-A {sep} -s {ip}/32 -j KUBE-MARK-MASQ")
+        lines.append(f"-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{svc['port']}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,255 @@
+"""The scripting interface: `ipsec-lab up | down | status | exec | ssh | deploy | ...`.
+
+Headless (imports no Textual). Progress is the same event stream the TUI shows, printed with rich.
+Every failure the user can act on is one line on stderr and a non-zero exit (see ExitCode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .backends.base import Backend
+from .backends.registry import BACKENDS, get_backend
+from .exitcodes import ExitCode
+from .lab.errors import LabError, UsageError
+from .lab.events import Event, OutputLine, Reporter, StepFinished, StepStarted
+from .lab.model import LabSpec
+from .lab.state import list_labs
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but bad usage is one line on stderr and exit code 3."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err.print(f"ipsec-lab: {message} (see `ipsec-lab --help`)", markup=False)
+        sys.exit(ExitCode.USAGE)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="ipsec-lab",
+        description="A live lab of the seed's Kubernetes IPsec pod network. With no command, opens the TUI.",
+    )
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="netns (default) or vagrant")
+    p.add_argument("--lab", default=os.environ.get("IPSEC_LAB", "lab"), help="lab name (default: lab)")
+    p.add_argument("--nodes", type=int, default=None, help="node count for a new lab (2-32, default 3)")
+    p.add_argument("--tutorial", action="store_true", help="open the TUI in tutorial mode")
+    p.add_argument("--run-checks", action="store_true", help="run the check suite headless (for CI)")
+    p.add_argument("--list-checks", action="store_true", help="print the check catalog")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="with --run-checks: only these checks")
+    p.add_argument("--junit", metavar="PATH", help="with --run-checks: write JUnit XML")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="with --run-checks: write JSON results")
+    p.add_argument("--keep", action="store_true", help="with --run-checks: keep the lab up afterwards")
+    p.add_argument("-q", "--quiet", action="store_true", help="print steps, not every provisioning line")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+
+    up = sub.add_parser("up", help="bring a lab up")
+    up.add_argument("--nodes", dest="up_nodes", type=int, default=None, help="node count (2-32, default 3)")
+    up.add_argument("--underlay", default="192.168.56.0/24", help="node subnet (default 192.168.56.0/24)")
+    up.add_argument("--pod-supernet", default="10.128.0.0/16", help="pod supernet, a /24 per node (default 10.128.0.0/16)")
+    up.add_argument("--datapath", choices=("auto", "kernel-xfrm", "kernel-libipsec"), default="auto",
+                    help="IPsec data path (default: detect)")
+    up.add_argument("--deploy", type=int, metavar="N", default=None, help="also deploy N bootcamp replicas")
+    sub.add_parser("down", help="remove the lab and everything it created (works after a crash)")
+    st = sub.add_parser("status", help="nodes, tunnels (from strongSwan over vici), pods and services")
+    st.add_argument("--json", action="store_true", help="machine-readable")
+    sub.add_parser("labs", help="list the labs that are up on this machine")
+    ex = sub.add_parser("exec", help="run a command on a node: exec NODE -- CMD...")
+    ex.add_argument("node")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    ssh = sub.add_parser("ssh", help="an interactive shell on a node")
+    ssh.add_argument("node")
+    dep = sub.add_parser("deploy", help="deploy or scale the kubernetes-bootcamp deployment")
+    dep.add_argument("--replicas", type=int, default=9)
+    dp = sub.add_parser("delete-pod", help="delete a pod; the deployment replaces it")
+    dp.add_argument("pod")
+    exp = sub.add_parser("expose", help="publish the deployment on a NodePort on every node")
+    exp.add_argument("--node-port", type=int, default=None, help="30000-32767 (default: random)")
+    td = sub.add_parser("tunnel-down", help="take a connection down, as the seed's `ipsec down mesh-left`")
+    td.add_argument("node")
+    td.add_argument("conn")
+    tu = sub.add_parser("tunnel-up", help="initiate a connection now")
+    tu.add_argument("node")
+    tu.add_argument("conn")
+    ri = sub.add_parser("restart-ipsec", help="restart a node's IPsec daemon")
+    ri.add_argument("node")
+    rb = sub.add_parser("reboot", help="reboot a node (processes, namespace and /run wiped, booted again)")
+    rb.add_argument("node")
+    return p
+
+
+class ConsoleSink:
+    """Prints the event stream: steps always, output lines unless quiet."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console, self.quiet = console, quiet
+
+    def __call__(self, event: Event) -> None:
+        c = self.console
+        if isinstance(event, StepStarted):
+            if not self.quiet:
+                c.print(f"[bold cyan]▶[/] {event.step}")
+        elif isinstance(event, StepFinished):
+            mark = "[green]✓[/]" if event.ok else "[red]✗[/]"
+            detail = f" — {event.detail}" if event.detail else ""
+            c.print(f"{mark} {event.step} [dim]({event.seconds:.2f} s){detail}[/]", markup=True)
+        elif isinstance(event, OutputLine) and not self.quiet:
+            prefix = f"[{event.node}] " if event.node else ""
+            style = "red" if event.stream == "stderr" else "dim"
+            c.print(f"  {prefix}{event.text}", style=style, markup=False)
+
+
+def lab_backend_name(lab: str, requested: str | None) -> str:
+    """The backend a running lab was made with wins over the default."""
+    if requested:
+        return requested
+    from .lab.state import LabPaths, load_state
+
+    try:
+        return load_state(LabPaths.of(lab)).get("backend", "netns")
+    except LabError:
+        return "netns"
+
+
+def print_status(status, console: Console) -> None:
+    console.print(f"[bold]lab[/] {status.lab}  [bold]backend[/] {status.backend}  [bold]data path[/] {status.datapath}")
+    t = Table(title="nodes", title_justify="left")
+    for col in ("NAME", "IP", "POD CIDR", "STATE", "IPSEC", "PODS", "IPAM"):
+        t.add_column(col)
+    for n in status.nodes:
+        t.add_row(n.name, n.ip, n.pod_cidr, n.state, n.ipsec_state, str(n.pods), f"{n.ipam_used}/253")
+    console.print(t)
+    t = Table(title="tunnels (from strongSwan over vici)", title_justify="left")
+    for col in ("NODE", "CONN", "PEER", "IKE", "CHILD", "BYTES IN", "BYTES OUT"):
+        t.add_column(col)
+    for tun in status.tunnels:
+        colour = "green" if tun.up else "red"
+        t.add_row(tun.node, tun.name, tun.peer, f"[{colour}]{tun.ike_state}[/]", f"[{colour}]{tun.child_state}[/]",
+                  str(tun.bytes_in), str(tun.bytes_out))
+    console.print(t)
+    if status.pods:
+        t = Table(title="pods (network namespaces, not a kubelet)", title_justify="left")
+        for col in ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"):
+            t.add_column(col)
+        now = time.time()
+        for p in status.pods:
+            t.add_row(p.name, "1/1" if p.state == "Running" else "0/1", p.state, str(p.restarts),
+                      f"{int(now - p.created)}s", p.ip or "<none>", p.node)
+        console.print(t)
+    for s in status.services:
+        console.print(f"service {s.name}: {s.type} port {s.port} node port {s.node_port}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    reporter = Reporter(ConsoleSink(out, quiet=args.quiet))
+    cmd = args.command
+    if cmd == "labs":
+        for lab in list_labs():
+            out.print(lab)
+        return ExitCode.OK
+    backend: Backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter)
+
+    if cmd == "up":
+        nodes = args.up_nodes or args.nodes or 3
+        spec = LabSpec.build(args.lab, nodes, args.underlay, args.pod_supernet)
+        datapath = None if args.datapath == "auto" else args.datapath
+        t0 = time.monotonic()
+        try:
+            status = backend.up(spec, datapath=datapath) if backend.name == "netns" else backend.up(spec)  # type: ignore[call-arg]
+        except UsageError:
+            raise
+        except LabError as exc:
+            raise LabError(f"lab {args.lab!r} could not be brought up: {exc}") from None
+        if args.deploy:
+            backend.deploy(args.deploy)
+        out.print(f"lab [bold]{args.lab}[/] is up: {len(status.nodes)} nodes, {len(status.tunnels) // 2} tunnels, "
+                  f"data path {status.datapath} ({time.monotonic() - t0:.2f} s)")
+        return ExitCode.OK
+    if cmd == "down":
+        removed = backend.down()
+        out.print(f"lab {args.lab}: " + ("removed" if removed else "nothing to remove"))
+        return ExitCode.OK
+    if cmd == "status":
+        status = backend.status()
+        if args.json:
+            print(json.dumps(status.to_json(), indent=2))
+        else:
+            print_status(status, out)
+        return ExitCode.OK
+    if cmd == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            raise UsageError("exec needs a command: ipsec-lab exec NODE -- CMD...")
+        backend.spec().node(args.node)
+        full = backend.node_argv(args.node, argv)
+        os.execvp(full[0], full)
+    if cmd == "ssh":
+        backend.spec().node(args.node)
+        shell = [
+            "env", f"PS1=root@{args.node}:\\w# ", f"IPSEC_LAB_NODE={args.node}",
+            "bash", "--norc", "--noprofile", "-i",
+        ]
+        full = backend.node_argv(args.node, shell, interactive=True)
+        err.print(f"shell on {args.node} (lab {args.lab}); exit to return", style="dim")
+        os.execvp(full[0], full)
+    if cmd == "deploy":
+        pods = backend.deploy(args.replicas)
+        out.print(f"deployment kubernetes-bootcamp: {len(pods)} pods")
+        return ExitCode.OK
+    if cmd == "delete-pod":
+        pod = backend.delete_pod(args.pod)
+        out.print(f"pod {args.pod} deleted; replaced by {pod.name} on {pod.node} ({pod.ip})")
+        return ExitCode.OK
+    if cmd == "expose":
+        svc = backend.expose(args.node_port)
+        out.print(f'service "{svc.name}" exposed: NodePort {svc.node_port} on every node')
+        return ExitCode.OK
+    if cmd == "tunnel-down":
+        ran = backend.tunnel_down(args.node, args.conn)
+        out.print(f"{args.node}: {ran} (the seed's `ipsec down {args.conn}`); strongSwan brings it back by itself")
+        return ExitCode.OK
+    if cmd == "tunnel-up":
+        backend.tunnel_up(args.node, args.conn)
+        return ExitCode.OK
+    if cmd == "restart-ipsec":
+        backend.restart_ipsec(args.node)
+        return ExitCode.OK
+    if cmd == "reboot":
+        backend.reboot(args.node)
+        return ExitCode.OK
+    raise UsageError(f"unknown command {cmd!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list_checks or args.run_checks:
+            from .checks.runner import main_checks
+
+            return main_checks(args)
+        if args.command is None:
+            from .app_entry import run_tui  # the only path that imports Textual
+
+            return run_tui(args)
+        return run_command(args)
+    except UsageError as exc:
+        err.print(f"ipsec-lab: {exc}", markup=False)
+        return ExitCode.USAGE
+    except LabError as exc:
+        err.print(f"ipsec-lab: {exc}", markup=False)
+        return ExitCode.LAB_UNAVAILABLE
+    except KeyboardInterrupt:
+        err.print("ipsec-lab: interrupted", markup=False)
+        return 130

@@ -1,0 +1,204 @@
+"""The lab's domain: frozen dataclasses that both backends, the checks and the TUI share."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from . import naming
+from .errors import UsageError
+
+MIN_NODES, MAX_NODES = 2, 32
+DEFAULT_UNDERLAY = "192.168.56.0/24"
+DEFAULT_POD_SUPERNET = "10.128.0.0/16"
+# IKE: AES-GCM with PRF-SHA256 and X25519; ESP: AES-GCM-128, measured fastest through libipsec.
+DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
+DEFAULT_ESP_PROPOSAL = "aes128gcm16-x25519"
+NODE_HOST_OFFSET = 10  # kube-nodeN gets <underlay>.(10+N), as the seed's VMs did
+POD_PORT = 8080
+NODE_PORT_RANGE = (30000, 32767)
+# ESP in UDP with AES-GCM costs at most 73 bytes (IP 20, UDP 8, ESP 8, IV 8, pad 3, trailer 2,
+# ICV 16, rounded up); libipsec's ipsec0 is fixed at 1400.
+IPSEC_OVERHEAD = 80
+LIBIPSEC_TUN_MTU = 1400
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    index: int
+    underlay_ip: IPv4Address
+    pod_cidr: IPv4Network
+
+    @property
+    def cni0_ip(self) -> IPv4Address:
+        return self.pod_cidr.network_address + 1
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """One end of a node-to-node IPsec connection, named as on ``node``."""
+
+    node: str
+    name: str
+    peer: str
+    local_addr: IPv4Address
+    remote_addr: IPv4Address
+    local_ts: IPv4Network
+    remote_ts: IPv4Network
+    if_id: int  # the XFRM interface id on the kernel data path (the peer's index)
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    node: str
+    ip: str | None
+    state: str = "Running"
+    restarts: int = 0
+    created: float = 0.0
+    netns: str = ""  # the pod's namespace as the node sees it: /run/netns/cni-...
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    type: str
+    port: int
+    node_port: int
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str = "lab"
+    nodes: int = 3
+    underlay: IPv4Network = field(default_factory=lambda: IPv4Network(DEFAULT_UNDERLAY))
+    pod_supernet: IPv4Network = field(default_factory=lambda: IPv4Network(DEFAULT_POD_SUPERNET))
+    ike_proposal: str = DEFAULT_IKE_PROPOSAL
+    esp_proposal: str = DEFAULT_ESP_PROPOSAL
+    underlay_mtu: int = 1500
+
+    @classmethod
+    def build(
+        cls,
+        name: str = "lab",
+        nodes: int = 3,
+        underlay: str = DEFAULT_UNDERLAY,
+        pod_supernet: str = DEFAULT_POD_SUPERNET,
+        **extra: object,
+    ) -> "LabSpec":
+        """Validate user input and build a spec; raises UsageError with one clear line."""
+        naming.validate_lab_name(name)
+        if not isinstance(nodes, int) or not MIN_NODES <= nodes <= MAX_NODES:
+            raise UsageError(f"node count must be between {MIN_NODES} and {MAX_NODES}, got {nodes}")
+        underlay_net = _parse_net("underlay subnet", underlay)
+        pods_net = _parse_net("pod supernet", pod_supernet)
+        if underlay_net.overlaps(pods_net):
+            raise UsageError(f"underlay subnet {underlay_net} overlaps the pod supernet {pods_net}")
+        if underlay_net.num_addresses < NODE_HOST_OFFSET + nodes + 2:
+            raise UsageError(
+                f"underlay subnet {underlay_net} is too small for {nodes} nodes at .{NODE_HOST_OFFSET + 1} and up"
+            )
+        if pods_net.prefixlen > 23 or 2 ** (24 - pods_net.prefixlen) <= nodes:
+            raise UsageError(f"pod supernet {pods_net} cannot hold a /24 for each of {nodes} nodes")
+        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, **extra)  # type: ignore[arg-type]
+
+    # -- topology ---------------------------------------------------------------------------
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.underlay.network_address + 1
+
+    @property
+    def pod_mtu(self) -> int:
+        return min(LIBIPSEC_TUN_MTU, self.underlay_mtu - IPSEC_OVERHEAD)
+
+    def node(self, index_or_name: int | str) -> Node:
+        index = index_or_name if isinstance(index_or_name, int) else naming.node_index(index_or_name)
+        if index is None or not 1 <= index <= self.nodes:
+            names = ", ".join(naming.node_name(i) for i in range(1, self.nodes + 1))
+            raise UsageError(f"unknown node {index_or_name!r}; this lab has {names}")
+        pod_cidr = IPv4Network((int(self.pod_supernet.network_address) + (index << 8), 24))
+        return Node(
+            name=naming.node_name(index),
+            index=index,
+            underlay_ip=self.underlay.network_address + NODE_HOST_OFFSET + index,
+            pod_cidr=pod_cidr,
+        )
+
+    def node_list(self) -> list[Node]:
+        return [self.node(i) for i in range(1, self.nodes + 1)]
+
+    def tunnels_of(self, node: Node | str) -> list[Tunnel]:
+        local = node if isinstance(node, Node) else self.node(node)
+        out = []
+        for peer in self.node_list():
+            if peer.index == local.index:
+                continue
+            out.append(
+                Tunnel(
+                    node=local.name,
+                    name=naming.tunnel_name(self.nodes, local.index, peer.index),
+                    peer=peer.name,
+                    local_addr=local.underlay_ip,
+                    remote_addr=peer.underlay_ip,
+                    local_ts=local.pod_cidr,
+                    remote_ts=peer.pod_cidr,
+                    if_id=peer.index,
+                )
+            )
+        return out
+
+    def tunnels(self) -> list[Tunnel]:
+        return [t for n in self.node_list() for t in self.tunnels_of(n)]
+
+    def tunnel(self, node: str, conn: str) -> Tunnel:
+        for t in self.tunnels_of(node):
+            if t.name == conn:
+                return t
+        names = ", ".join(t.name for t in self.tunnels_of(node))
+        raise UsageError(f"unknown connection {conn!r} on {node}; it has {names}")
+
+    def node_for_ip(self, ip: str) -> Node | None:
+        addr = ipaddress.ip_address(ip)
+        for n in self.node_list():
+            if addr in n.pod_cidr:
+                return n
+        return None
+
+    # -- persistence ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "nodes": self.nodes,
+            "underlay": str(self.underlay),
+            "pod_supernet": str(self.pod_supernet),
+            "ike_proposal": self.ike_proposal,
+            "esp_proposal": self.esp_proposal,
+            "underlay_mtu": self.underlay_mtu,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabSpec":
+        return cls(
+            name=d["name"],
+            nodes=int(d["nodes"]),
+            underlay=IPv4Network(d["underlay"]),
+            pod_supernet=IPv4Network(d["pod_supernet"]),
+            ike_proposal=d["ike_proposal"],
+            esp_proposal=d["esp_proposal"],
+            underlay_mtu=int(d.get("underlay_mtu", 1500)),
+        )
+
+
+def pair_key(a: str, b: str) -> str:
+    """The key of an unordered node pair (both ends share one pre-shared key)."""
+    return "|".join(sorted((a, b)))
+
+
+def _parse_net(what: str, text: str) -> IPv4Network:
+    try:
+        net = IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise UsageError(f"malformed {what} {text!r}: {exc}") from None
+    return net
