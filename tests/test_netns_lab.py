@@ -1,0 +1,161 @@
+"""A real 3-node netns lab: strongSwan, the CNI plugins and the kernel, no mocks.
+
+Tests in this module run in order on one lab: first the healthy lab, then the faults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections import Counter
+
+import pytest
+
+from tui.lab import probes
+from tui.lab.proc import ProcRef, alive
+
+from .conftest import cli, wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
+
+
+def reachability_problems(lab) -> list[str]:
+    """Everything the issue asks of a healthy lab, as a list of what is wrong (empty: healthy)."""
+    status = lab.status()
+    problems = [f"{t.node}/{t.name}: {t.ike_state}/{t.child_state}" for t in status.tunnels if not t.up]
+    pods = [p for p in status.pods if p.ip]
+    if len(pods) != 9:
+        problems.append(f"{len(pods)} pods with an address")
+    for node in status.nodes:
+        replies = probes.http_get_many(lab, node.name, [f"http://{p.ip}:8080" for p in pods])
+        for pod, reply in zip(pods, replies):
+            if reply.body != probes.bootcamp_reply(pod.name):
+                problems.append(f"{node.name} -> {pod.name} ({pod.ip}): {reply.code} {reply.body!r}")
+    return problems
+
+
+def healthy(lab) -> bool:
+    return not reachability_problems(lab)
+
+
+def test_every_node_pair_has_sas_on_both_ends(running_lab):
+    status = running_lab.status()
+    assert status.datapath in ("kernel-libipsec", "kernel-xfrm")
+    assert len(status.tunnels) == 6
+    pairs = {frozenset((t.node, t.peer)) for t in status.tunnels if t.up}
+    assert len(pairs) == 3
+    for t in status.tunnels:
+        assert (t.ike_state, t.child_state) == ("ESTABLISHED", "INSTALLED"), t
+
+
+def test_nine_pods_three_per_node_in_their_range_in_order(running_lab):
+    status = running_lab.status()
+    assert len(status.pods) == 9
+    assert Counter(p.node for p in status.pods) == {"kube-node1": 3, "kube-node2": 3, "kube-node3": 3}
+    spec = running_lab.spec()
+    for node in spec.node_list():
+        ips = [ipaddress.ip_address(p.ip) for p in status.pods if p.node == node.name]
+        assert all(ip in node.pod_cidr for ip in ips)
+        assert [str(ip) for ip in ips] == [str(node.pod_cidr.network_address + i) for i in (2, 3, 4)]
+    for p in status.pods:
+        assert p.name.startswith("kubernetes-bootcamp-") and p.state == "Running"
+
+
+def test_http_from_every_node_to_every_pod(running_lab):
+    assert reachability_problems(running_lab) == []
+
+
+def test_ping_from_node1_to_a_pod_on_node3_unchanged_command(running_lab):
+    pod = next(p for p in running_lab.status().pods if p.node == "kube-node3")
+    res = running_lab.exec("kube-node1", ["ping", "-c", "1", "-W", "2", pod.ip])
+    assert res.ok, res.stdout + res.stderr
+    sas = running_lab.exec("kube-node1", ["swanctl", "--list-sas"])
+    assert sas.ok and "mesh-right" in sas.stdout and "INSTALLED" in sas.stdout
+
+
+def test_nodeport_from_any_node_reaches_several_pods(running_lab):
+    status = running_lab.status()
+    assert status.services and status.services[0].node_port == 31990
+    for node in status.nodes:
+        for target in (node.ip, str(running_lab.spec().node(node.name).cni0_ip)):
+            replies = probes.http_get_many(running_lab, node.name, [f"http://{target}:31990"] * 30)
+            names = {r.body.split("Running on: ")[-1].split(" |")[0] for r in replies if r.ok}
+            assert all(r.ok for r in replies), [r for r in replies if not r.ok][:3]
+            assert len(names) >= 3, (node.name, target, names)
+
+
+def test_pod_to_pod_across_nodes(running_lab):
+    status = running_lab.status()
+    src = next(p for p in status.pods if p.node == "kube-node1")
+    dst = next(p for p in status.pods if p.node == "kube-node2")
+    host_path = running_lab.paths.node_run("kube-node1") / "netns" / os.path.basename(src.netns)
+    res = running_lab.exec("kube-node1", ["nsenter", f"--net={src.netns}", "curl", "-s", "-m", "2", f"http://{dst.ip}:8080"])
+    assert host_path.exists()
+    assert res.stdout.strip() == probes.bootcamp_reply(dst.name)
+
+
+def test_unknown_node_and_connection_change_nothing(running_lab):
+    before = running_lab.status().to_json()["tunnels"]
+    for args, needle in [
+        (("tunnel-down", "kube-node9", "mesh-left"), "unknown node"),
+        (("tunnel-down", "kube-node1", "mesh-up"), "unknown connection"),
+        (("reboot", "kube-node0"), "unknown node"),
+        (("exec", "node1", "--", "true"), "unknown node"),
+    ]:
+        cp = cli("--lab", running_lab.lab, *args)
+        assert cp.returncode == 3, cp
+        assert needle in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    cp = cli("--lab", running_lab.lab, "up")
+    assert cp.returncode == 3 and "already up" in cp.stderr
+    after = running_lab.status().to_json()["tunnels"]
+    assert [(t["node"], t["name"], t["ike_state"]) for t in before] == [(t["node"], t["name"], t["ike_state"]) for t in after]
+
+
+def test_tunnel_down_recovers_without_user_action(running_lab):
+    cmd = running_lab.tunnel_down("kube-node1", "mesh-left")
+    assert cmd == "swanctl --terminate --ike mesh-left"
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after tunnel-down")
+
+
+def test_seed_ipsec_down_command_works_inside_a_node(running_lab):
+    res = running_lab.exec("kube-node1", ["ipsec", "down", "mesh-right"], timeout=20)
+    assert res.ok, res.stderr
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after `ipsec down mesh-right`")
+
+
+def test_restart_ipsec_recovers(running_lab):
+    old = ProcRef.from_list(running_lab._load()["nodes"]["kube-node3"]["charon"])
+    running_lab.restart_ipsec("kube-node3")
+    new = ProcRef.from_list(running_lab._load()["nodes"]["kube-node3"]["charon"])
+    assert not alive(old) and alive(new) and old != new
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after restart-ipsec")
+
+
+def test_reboot_recovers_with_fresh_ipam_and_restarted_pods(running_lab):
+    before = {p.name: p for p in running_lab.status().pods if p.node == "kube-node2"}
+    running_lab.reboot("kube-node2")
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after reboot")
+    after = {p.name: p for p in running_lab.status().pods if p.node == "kube-node2"}
+    assert set(after) == set(before)
+    assert all(after[n].restarts == before[n].restarts + 1 for n in after)
+    assert sorted(p.ip for p in after.values()) == ["10.128.2.2", "10.128.2.3", "10.128.2.4"]
+    assert all(p.netns != before[p.name].netns for p in after.values())
+
+
+def test_deleted_pod_is_replaced_with_a_new_address(running_lab):
+    victim = next(p for p in running_lab.status().pods if p.node == "kube-node1")
+    new = running_lab.delete_pod(victim.name)
+    assert new.name != victim.name and new.node == "kube-node1"
+    assert new.ip != victim.ip and new.ip.startswith("10.128.1.")
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after delete-pod")
+
+
+def test_status_json_shape(running_lab):
+    import json
+
+    cp = cli("--lab", running_lab.lab, "status", "--json", check=True)
+    data = json.loads(cp.stdout)
+    assert set(data) >= {"lab", "backend", "datapath", "nodes", "tunnels", "pods", "services"}
+    assert data["backend"] == "netns"
+    t = data["tunnels"][0]
+    assert set(t) >= {"node", "name", "peer", "ike_state", "child_state", "bytes_in", "bytes_out"}
