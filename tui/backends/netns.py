@@ -754,7 +754,7 @@ class NetnsBackend(Backend):
         for ns in sorted(namespaces, key=lambda n: n == self.ul_ns):
             proc.run(["ip", "netns", "del", ns], check=False)
             removed.append(f"namespace {ns}")
-        if self.paths.dir.exists() or self.paths.lock.exists():
+        if self.paths.dir.exists():
             removed.append(f"state {self.paths.dir}")
         labstate.remove_lab_files(self.paths)
         if not quiet:
