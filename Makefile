@@ -13,7 +13,6 @@ lab: setup
 
 test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
-	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/bench_lab.py $(BENCH_ARGS)

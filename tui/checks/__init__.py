@@ -1,0 +1,1 @@
+"""The check catalog: each check = what to run + how to judge the output. Imports no Textual."""
