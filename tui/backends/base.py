@@ -45,6 +45,23 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def exec(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0) -> Result: ...
 
+    @abc.abstractmethod
+    def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:
+        """Run a command in a pod's network namespace (kubectl exec on a real cluster)."""
+
+    # observing the wire
+    @abc.abstractmethod
+    def start_capture(self, name: str) -> object:
+        """Start a packet capture on the underlay (every node's IPsec traffic); returns a handle."""
+
+    @abc.abstractmethod
+    def stop_capture(self, handle: object) -> str:
+        """Stop a capture; returns the path of its pcap file on this machine."""
+
+    @abc.abstractmethod
+    def set_underlay_link(self, node: str, up: bool) -> None:
+        """Cut or restore a node's underlay link (an outage the IPsec mesh must survive)."""
+
     # workload
     @abc.abstractmethod
     def deploy(self, replicas: int = 9) -> list[Pod]: ...

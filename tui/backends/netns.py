@@ -662,6 +662,43 @@ class NetnsBackend(Backend):
         proc.run(["ip", "-n", self.ul_ns, "link", "set", port, "up" if up else "down"])
         self.reporter.line(f"underlay link of {node} {'restored' if up else 'cut'}", node=node, source="actions")
 
+    def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:
+        st = self._load()
+        p = next((q for q in st["pods"] if q["name"] == pod), None)
+        if p is None:
+            raise NotFoundError(f"no pod named {pod!r}; `ipsec-lab status` lists the pods")
+        if not p.get("netns"):
+            raise LabError(f"pod {pod} has no sandbox right now (its node is rebooting)")
+        return self.exec(p["node"], ["nsenter", f"--net={p['netns']}", *argv], timeout=timeout)
+
+    # ------------------------------------------------------------------ captures
+    def start_capture(self, name: str) -> object:
+        """tcpdump on the underlay bridge: it sees every packet between the nodes."""
+        cap_dir = self.paths.dir / "captures"
+        cap_dir.mkdir(parents=True, exist_ok=True)
+        path = cap_dir / f"{name}.pcap"
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", self.ul_ns, "tcpdump", "-n", "-U", "--immediate-mode", "-i", naming.UNDERLAY_BRIDGE, "-w", str(path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        assert p.stderr is not None
+        line = p.stderr.readline()  # "tcpdump: listening on br0, ..." once the socket is open
+        if "listening on" not in line:
+            p.kill()
+            p.wait()
+            raise LabError(f"tcpdump on the underlay did not start: {line.strip()}")
+        return (p, str(path))
+
+    def stop_capture(self, handle: object) -> str:
+        p, path = handle  # type: ignore[misc]
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        return path
+
     # ------------------------------------------------------------------ status
     def status(self) -> LabStatus:
         st = self._load()
