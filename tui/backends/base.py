@@ -15,6 +15,7 @@ class Backend(abc.ABC):
     """One lab on one backend. Methods raise LabError (one clear line) on failure."""
 
     name: str = "base"
+    cni_bin_dir: str = "/usr/lib/cni"  # where the node's CNI plugins live (/opt/cni/bin on kubeadm nodes)
 
     def __init__(self, lab: str, reporter: Reporter | None = None) -> None:
         self.lab = lab
@@ -44,6 +45,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def exec(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0) -> Result: ...
+
+    @abc.abstractmethod
+    def cni_config(self, node: str) -> dict:
+        """The node's CNI network config list, as the runtime reads it from /etc/cni/net.d."""
 
     @abc.abstractmethod
     def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:

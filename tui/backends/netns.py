@@ -416,7 +416,7 @@ class NetnsBackend(Backend):
 
     # ------------------------------------------------------------------ pods
     def _cni(self, node: Node, command: str, container_id: str, netns: str) -> dict:
-        conflist = json.loads((self.paths.node_etc(node.name) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())
+        conflist = json.loads((self.paths.node_etc(node.name) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())  # noqa: E501
         plugin = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"], name=conflist["name"])
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -661,6 +661,10 @@ class NetnsBackend(Backend):
         port = naming.underlay_port(spec.node(node).index)
         proc.run(["ip", "-n", self.ul_ns, "link", "set", port, "up" if up else "down"])
         self.reporter.line(f"underlay link of {node} {'restored' if up else 'cut'}", node=node, source="actions")
+
+    def cni_config(self, node: str) -> dict:
+        self._check_node(node)
+        return json.loads((self.paths.node_etc(node) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())
 
     def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:
         st = self._load()

@@ -6,6 +6,8 @@ Used by the tests, the check suite and the TUI, on every backend (they only need
 from __future__ import annotations
 
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -60,3 +62,66 @@ def ping(backend: "Backend", node: str, ip: str, count: int = 1, wait: float = 1
 
 def bootcamp_reply(pod_name: str) -> str:
     return f"Hello Kubernetes bootcamp! | Running on: {pod_name} | v=1"
+
+
+# -- a fast ping loop, for measuring how long traffic stops during a fault ---------------------
+PING_INTERVAL = 0.01
+_TS = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
+
+
+class PingLoop:
+    """`ping -D -i 0.01` from a node, running while a fault happens; gap() is the longest silence."""
+
+    def __init__(self, backend: "Backend", node: str, ip: str, max_seconds: float) -> None:
+        import subprocess
+
+        argv = backend.node_argv(node, ["ping", "-n", "-D", "-i", str(PING_INTERVAL), "-W", "0.5",
+                                        "-w", str(int(max_seconds) + 1), ip])
+        self.started = time.time()
+        self._p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._p.stdout is not None
+        for line in self._p.stdout:
+            self._lines.append(line)
+
+    def replies(self) -> list[float]:
+        return [float(m.group(1)) for m in map(_TS.match, list(self._lines)) if m]
+
+    def last_reply(self) -> float | None:
+        r = self.replies()
+        return r[-1] if r else None
+
+    def wait_reply_after(self, t: float, timeout: float) -> float | None:
+        """The first reply later than wall-clock time t, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            later = [s for s in self.replies() if s > t]
+            if later:
+                return later[0]
+            if self._p.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        return None
+
+    def stop(self) -> None:
+        if self._p.poll() is None:
+            self._p.terminate()
+        try:
+            self._p.wait(timeout=5)
+        except Exception:
+            self._p.kill()
+        self._reader.join(timeout=5)
+
+    def gap(self, after: float | None = None) -> float:
+        """Longest silence between replies (from `after` on), less the ping interval."""
+        stamps = self.replies()
+        if after is not None:
+            before = [s for s in stamps if s <= after]
+            stamps = before[-1:] + [s for s in stamps if s > after]
+        if len(stamps) < 2:
+            return float("inf")
+        return max(0.0, max(b - a for a, b in zip(stamps, stamps[1:])) - PING_INTERVAL)
