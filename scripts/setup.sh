@@ -16,6 +16,9 @@ DEBIAN_PACKAGES=(
     strongswan-charon strongswan-swanctl libcharon-extra-plugins strongswan-starter
     containernetworking-plugins iproute2 iptables tcpdump curl iputils-ping procps
     util-linux tmux python3 python3-venv
+    # the Vagrant backend's tests: `vagrant validate` for both providers, shellcheck, and a real
+    # OpenSSH server inside a netns node for the Fabric layer
+    vagrant vagrant-libvirt shellcheck openssh-server
 )
 
 missing=()
