@@ -1,0 +1,53 @@
+"""`ipsec-lab` with no command: open the TUI on a lab (attach if it runs, else bring one up).
+
+After the app exits, say plainly whether the lab is still running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from .backends.registry import get_backend
+from .cli import lab_backend_name
+from .exitcodes import ExitCode
+from .lab.events import Reporter
+from .lab.model import LabSpec
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    from .app import IpsecLabApp  # noqa: PLC0415  (Textual is imported here, never by the CLI)
+
+    out = Console(highlight=False)
+    lab = args.lab
+    nodes = args.nodes or 3
+    LabSpec.build(lab, nodes)  # bad input is a usage error before the screen is taken over
+    backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter())
+    if getattr(args, "tutorial", False):
+        out.print("ipsec-lab: tutorial mode is not in this build yet; opening the normal app", style="yellow")
+    app = IpsecLabApp(backend, nodes=nodes)
+    choice = app.run()
+    app._stop.set()
+    if choice == "stop":
+        out.print(f"stopping lab [bold]{lab}[/] …")
+        backend.reporter = Reporter()
+        removed = backend.down()
+        out.print(f"lab [bold]{lab}[/] stopped: removed {len(removed)} items (namespaces, processes, state).")
+        return ExitCode.OK
+    if backend.exists():
+        made = "brought up by this session" if app.lab_created else "attached"
+        out.print(f"lab [bold]{lab}[/] ({made}) is [green]still running[/]. "
+                  f"`ipsec-lab --lab {lab}` attaches again; `ipsec-lab --lab {lab} down` stops it.")
+    else:
+        out.print(f"no lab [bold]{lab}[/] is running.")
+    if app.return_code not in (None, 0):
+        return int(app.return_code)
+    return ExitCode.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Screens of the TUI (Textual): one per mode, plus dialogs and the command palette provider."""

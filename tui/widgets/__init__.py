@@ -1,0 +1,1 @@
+"""Widgets of the TUI (Textual): the tunnel matrix, the reachability timeline, the lab bar."""
