@@ -455,11 +455,16 @@ class IpsecLabApp(App[str]):
             first_bad = next((s for _, s in w.states if s != "ESTABLISHED/INSTALLED"), "DOWN")
             if w.recovered:
                 parts.append(f"left ESTABLISHED ({first_bad}) and came back ESTABLISHED/INSTALLED after "
-                             f"{fmt_gap(w.gap)} (strongSwan polled {w.samples} times)")
+                             f"{fmt_gap(w.gap)} ({w.samples} samples of strongSwan)")
             else:
                 parts.append(f"left ESTABLISHED ({first_bad}) and is NOT back yet")
+        elif w is not None and w.replaced:
+            parts.append(f"left ESTABLISHED (IKE SA {w.old_spi[:8]}… deleted) and came back ESTABLISHED/INSTALLED "
+                         f"(new IKE SA {w.new_spi[:8]}…) within {fmt_gap(w.gap)}, between two samples of strongSwan")
         elif w is not None:
-            parts.append("never seen down: it came back within one sample of strongSwan (a few ms)")
+            parts.append("no watched SA changed: strongSwan kept the tunnel up")
+        if w is not None and w.left_established and pair is not None:
+            self.reach.note_bounce(pair, w.gap, "watch" if w.seen_down else "spi")
         if "ping" in results and pair is not None:
             gap, replies = results["ping"]
             if gap is None:

@@ -207,6 +207,19 @@ class Reachability:
             why = ", ".join(f"{t.node} {t.name} {t.ike_state}/{t.child_state}" for t in bad)
             self.observe(pair, not bad, at, source=source, why=why)
 
+    def note_bounce(self, pair: tuple[str, str], gap: float | None, how: str) -> None:
+        """A fault watch saw the pair's SAs torn down and re-established (perhaps between samples)."""
+        at = self.clock()
+        with self._lock:
+            tl = self._timeline(pair)
+            b = tl.buckets.setdefault(int(at), [False, False])
+            b[0] = b[1] = True
+            start = at - (gap or 0.0)
+            tl.outages[how] = Outage(pair, start, at, source=how, cause="fault")
+            self.version += 1
+            self.transitions.append((at, f"{pair[0]} ↔ {pair[1]} left ESTABLISHED and came back ESTABLISHED "
+                                         f"after {'≤ ' if how == 'spi' else ''}{fmt_gap(gap)} [{how}]"))
+
     def note_ping_gap(self, pair: tuple[str, str], gap: float | None, note: str) -> None:
         with self._lock:
             tl = self._timeline(pair)
@@ -248,30 +261,45 @@ def fmt_gap(seconds: float | None) -> str:
 # -------------------------------------------------------------------------------- fault watch
 @dataclass
 class WatchResult:
-    seen_down: bool
-    recovered: bool
-    gap: float | None  # seconds the watched tunnel ends were not all up (as sampled)
+    seen_down: bool  # a sample showed a watched end not ESTABLISHED/INSTALLED
+    recovered: bool  # ... and a later sample showed all of them up again
+    gap: float | None  # seconds from the first bad sample to the first good one (seen_down), or
+    #                    the bound: the time between the last sample with the old SA and the first with the new
     samples: int
     states: list[tuple[float, str]]  # (at, "ike/child") transitions of the first watched end
+    replaced: bool = False  # an end's IKE SA was replaced (new SPI) whether or not a sample caught it down
+    old_spi: str = ""
+    new_spi: str = ""
+
+    @property
+    def left_established(self) -> bool:
+        return self.seen_down or self.replaced
 
 
 def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until: float,
                   on_status: Callable[["LabStatus"], None] | None = None,
                   started: threading.Event | None = None, stop: threading.Event | None = None,
                   injected: threading.Event | None = None, quiet_after: float = 3.0,
-                  interval: float = 0.002) -> WatchResult:
+                  interval: float = 0.0005) -> WatchResult:
     """Poll strongSwan as fast as status() allows around a fault on the tunnel `ends`.
 
-    Ends when a watched end was seen down and all are up again; or `quiet_after` seconds after
-    `injected` is set without ever seeing one down (it came back within one sample); or at
+    A tunnel taken down with `swanctl --terminate` is often back within 3 ms, less than one
+    sample; so besides the states, each end's IKE SPI is compared with the one before the fault:
+    a new SPI means the SA was torn down and a new one established in between.
+
+    Ends when, after `injected` is set, all watched ends are up and either a sample showed one
+    down or an SA was replaced; or `quiet_after` seconds after `injected` with neither; or at
     `until` (monotonic); or when `stop` is set. `on_status` gets every status whose watched
-    states changed (and the first one)."""
-    seen_down, recovered, gap = False, False, None
+    states or SPIs changed (and the first one)."""
+    seen_down, recovered, replaced, gap = False, False, False, None
     down_at: float | None = None
     injected_at: float | None = None
     last_key = None
     samples = 0
     states: list[tuple[float, str]] = []
+    baseline: list[str] | None = None
+    prev_sample_at = time.monotonic()
+    old_spi = new_spi = ""
     while time.monotonic() < until and not (stop and stop.is_set()):
         try:
             st = backend.status()
@@ -283,8 +311,11 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
             started.set()
         now = time.monotonic()
         watched = [st.tunnel(n, c) for n, c in ends]
-        key = tuple((t.ike_state, t.child_state) if t else ("?", "?") for t in watched)
+        spis = [t.detail.get("ike_spi_local", "") if t is not None and t.up else "" for t in watched]
+        key = tuple((t.ike_state, t.child_state) if t else ("?", "?") for t in watched) + tuple(spis)
         all_up = all(t is not None and t.up for t in watched)
+        if baseline is None:
+            baseline = spis
         if key != last_key:
             states.append((time.time(), "/".join(key[0])))
             if on_status:
@@ -292,24 +323,35 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
             last_key = key
         if not all_up and not seen_down:
             seen_down, down_at = True, now
+        if all_up and not replaced and baseline is not None:
+            changed = [i for i, (a, b) in enumerate(zip(baseline, spis)) if a and b and a != b]
+            if changed:
+                replaced = True
+                old_spi, new_spi = baseline[changed[0]], spis[changed[0]]
+                if not seen_down:
+                    gap = now - prev_sample_at  # the SA changed between the previous sample and this one
         if all_up and seen_down:
-            recovered, gap = True, now - (down_at or now)
+            recovered = True
+            gap = now - (down_at or now)
+        if all_up and (seen_down or replaced) and (injected is None or injected.is_set()):
+            recovered = True
             break
         if injected is not None and injected.is_set():
             injected_at = injected_at or now
-            if not seen_down and now - injected_at > quiet_after:
+            if not (seen_down or replaced) and now - injected_at > quiet_after:
                 break
+        prev_sample_at = now
         time.sleep(interval)
-    return WatchResult(seen_down, recovered, gap, samples, states)
+    return WatchResult(seen_down, recovered, gap, samples, states, replaced, old_spi, new_spi)
 
 
 _PING_TS = re.compile(r"^\[(\d+\.\d+)\].*bytes from")
 
 
-def ping_gap(backend: "Backend", node: str, ip: str, seconds: float = 3.0, interval: float = 0.01) -> tuple[float | None, int]:
+def ping_gap(backend: "Backend", node: str, ip: str, seconds: int = 3, interval: float = 0.01) -> tuple[float | None, int]:
     """Ping `ip` from `node` every `interval` for `seconds`; the largest gap between replies
     (None when no reply came at all) and the number of replies."""
-    res = backend.exec(node, ["ping", "-n", "-D", "-i", str(interval), "-W", "0.5", "-w", str(seconds), ip],
+    res = backend.exec(node, ["ping", "-n", "-D", "-i", str(interval), "-W", "0.5", "-w", str(max(1, round(seconds))), ip],
                        timeout=seconds + 10)
     stamps = [float(m.group(1)) for line in res.stdout.splitlines() if (m := _PING_TS.match(line))]
     if not stamps:

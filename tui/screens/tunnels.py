@@ -98,7 +98,8 @@ def events_text(reach: Reachability, last_fault: str) -> Text:
         text.append(last_fault + "\n", style="bold yellow")
     for at, line in reach.recent_transitions(6):
         text.append(time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d} ", style="dim")
-        text.append(line + "\n", style="red" if " DOWN" in line else "green" if "UP again" in line else "")
+        text.append(line + "\n", style="red" if " DOWN" in line else "green" if "UP again" in line else
+                    "yellow" if "left ESTABLISHED" in line else "")
     if not text:
         text.append("no tunnel has gone down since the app started", style="dim")
     return text

@@ -48,7 +48,7 @@ def legend() -> Text:
     text.append("■ up  ", Style(color="green"))
     text.append("■ connecting/rekeying  ", Style(color="yellow"))
     text.append("■ down\n", Style(color="red"))
-    text.append("² duplicate IKE SA  ↻ left ESTABLISHED < 10 s ago", NONE)
+    text.append("² duplicate IKE SA  ↻ SA left ESTABLISHED or was replaced < 10 s ago", NONE)
     return text
 
 
@@ -92,8 +92,8 @@ class TunnelMatrix(Widget, can_focus=True):
         now = self.clock()
         for key, t in cells.items():
             old = self.cells.get(key)
-            if old is not None and old.up and not t.up:
-                self.bounced[key] = now
+            if old is not None and old.up and (not t.up or old.detail.get("ike_spi_local") != t.detail.get("ike_spi_local")):
+                self.bounced[key] = now  # left ESTABLISHED, or its IKE SA was replaced between two samples
         if nodes != self.nodes:
             self.nodes = nodes
             r, c = self.cursor

@@ -33,7 +33,8 @@ def timeline_text(reach: Reachability, pairs: list[tuple[str, str]], now: float,
             gap = fmt_gap(outage.seconds) if outage.end is not None else f"ongoing {fmt_gap(now - outage.start)}"
             text.append(f"  last gap {gap} [{outage.source}]", YELLOW)
         if tl is not None and tl.ping_note:
-            text.append(f"  ping: {tl.ping_note}", YELLOW)
+            text.append(f"  data-plane gap {fmt_gap(tl.last_ping_gap) if tl.last_ping_gap is not None else 'no reply'}",
+                        YELLOW)
         text.append("\n")
     if total_pairs > len(pairs):
         text.append(f"({len(pairs)} of {total_pairs} pairs: those of the selected node)", DIM)
