@@ -107,3 +107,59 @@ def render_node(spec: LabSpec, node: Node, **kwargs) -> dict[str, RenderedFile]:
 def render_lab(spec: LabSpec, **kwargs) -> dict[str, dict[str, RenderedFile]]:
     """All nodes' files, rendered in memory; nothing is written here."""
     return {n.name: render_node(spec, n, **kwargs) for n in spec.node_list()}
+
+
+# -- the Vagrant backend's node files -----------------------------------------------------------
+# The same four node files as netns (kernel-xfrm data path) plus what a VM needs around them.
+# role -> (template, mode, where the VM installs it). The provisioning scripts install each file
+# at that path; the Vagrantfile uploads the rendered folder to /tmp/ipsec-lab on each VM.
+VM_FILES: dict[str, tuple[str, int, str]] = {
+    "strongswan.conf": ("strongswan-vm.conf.j2", 0o644, "/etc/strongswan.conf"),
+    "swanctl.conf": ("swanctl.conf.j2", 0o600, "/etc/swanctl/swanctl.conf"),
+    "10-ipsec-lab.conflist": ("10-ipsec-lab.conflist.j2", 0o644, "/etc/cni/net.d/10-ipsec-lab.conflist"),
+    "node-boot.sh": ("node-boot.sh.j2", 0o755, "/usr/local/sbin/ipsec-lab-node-boot"),
+    "ipsec-lab-boot.service": ("ipsec-lab-boot.service.j2", 0o644, "/etc/systemd/system/ipsec-lab-boot.service"),
+    "strongswan-order.conf": ("strongswan-order.conf.j2", 0o644,
+                              "/etc/systemd/system/strongswan.service.d/10-ipsec-lab.conf"),
+    "kubeadm.yaml": ("kubeadm.yaml.j2", 0o600, "/etc/ipsec-lab/kubeadm.yaml"),
+    "node.env": ("node.env.j2", 0o644, "/etc/ipsec-lab/node.env"),
+}
+# On a VM the private interface's name depends on the box and provider (eth1, enp0s8, ...):
+# the boot script reads it from the environment its systemd unit sets (from node.env).
+VM_UNDERLAY_IF = '"$UNDERLAY_IF"'
+
+
+@dataclass(frozen=True)
+class KubeParams:
+    """What the kubeadm config and the provisioning scripts need beyond the lab spec."""
+
+    minor: str  # the pinned Kubernetes minor, e.g. "v1.33" (pkgs.k8s.io repository path)
+    token: str  # bootstrap token, [a-z0-9]{6}.[a-z0-9]{16}
+    ca_cert_hash: str  # "sha256:<hex>" of the cluster CA's public key (pinned by every join)
+    bootcamp_images: tuple[str, ...]  # tried in order; the seed's gcr.io name last
+    service_subnet: str = "10.96.0.0/12"
+
+
+def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: KubeParams,
+                   ipsec: IpsecTiming = IpsecTiming()) -> dict[str, RenderedFile]:
+    """A VM node's files: kernel-xfrm data path, standard paths, plus units and kubeadm config."""
+    env = environment()
+    ctx = node_context(spec, node, datapath="kernel-xfrm", secrets=secrets, underlay_if=VM_UNDERLAY_IF,
+                       paths=NodePaths(), ipsec=ipsec)
+    first = spec.node(1)
+    ctx.update(
+        kube=kube,
+        control_plane=first,
+        # The API server listens on kube-node1's cni0 address: every other node reaches it
+        # through its IPsec tunnel to kube-node1 (and so do pods, via the kubernetes Service).
+        api_address=first.cni0_ip,
+        install_paths={role: dest for role, (_t, _m, dest) in VM_FILES.items()},
+    )
+    out = {}
+    for role, (template, mode, _dest) in VM_FILES.items():
+        try:
+            content = env.get_template(template).render(ctx)
+        except jinja2.TemplateError as exc:
+            raise LabError(f"template {template} failed for {node.name}: {exc}") from None
+        out[role] = RenderedFile(role, content, mode)
+    return out
