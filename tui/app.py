@@ -115,6 +115,7 @@ class IpsecLabApp(App[str]):
         tail_logs: bool = True,
         initial_mode: str | None = None,
         initial_status: LabStatus | None = None,
+        catalog_loader: Callable[[], tuple[list | None, str]] = load_catalog,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -127,6 +128,7 @@ class IpsecLabApp(App[str]):
         self.live_probes = live_probes
         self.tail_logs = tail_logs
         self.initial_mode = initial_mode
+        self.load_catalog = catalog_loader
         self.logs = LogStore()
         self.reach = Reachability(clock)
         self.status: LabStatus | None = None
@@ -680,7 +682,7 @@ class IpsecLabApp(App[str]):
 
     # ------------------------------------------------------------------ actions: checks
     def action_run_checks(self, name: str | None = None) -> None:
-        catalog, why = load_catalog()
+        catalog, why = self.load_catalog()
         if catalog is None:
             self.show_error("check suite not available", why)
             return
@@ -812,7 +814,7 @@ class IpsecLabApp(App[str]):
         add("Deploy / scale kubernetes-bootcamp…", "choose the replica count", self.action_scale)
         add("Expose kubernetes-bootcamp on a NodePort…", "kubectl expose --type=NodePort", self.action_expose)
         add("Run all checks", "the whole check suite", self.action_run_checks)
-        catalog, _ = load_catalog()
+        catalog, _ = self.load_catalog()
         for c in catalog or []:
             add(f"Run check {c.name}", c.purpose, partial(self.action_run_checks, c.name))
         for source in ("provisioning", "charon", "actions", "checks", "app"):

@@ -46,7 +46,7 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
             yield Static("", id="check-detail", classes="detail")
 
     def on_mount(self) -> None:
-        catalog, why = load_catalog()
+        catalog, why = self.lab_app.load_catalog()
         self.catalog = catalog or []
         self.unavailable = why
         self.query_one(DataTable).focus()

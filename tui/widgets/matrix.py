@@ -48,7 +48,7 @@ def legend() -> Text:
     text.append("■ up  ", Style(color="green"))
     text.append("■ connecting/rekeying  ", Style(color="yellow"))
     text.append("■ down\n", Style(color="red"))
-    text.append("² duplicate IKE SA  ↻ SA left ESTABLISHED or was replaced < 10 s ago", NONE)
+    text.append("² duplicate IKE SA  ↻ SA went down or was replaced (<10 s)", NONE)
     return text
 
 
