@@ -14,11 +14,10 @@ from .base import LabScreen, sync_rows
 COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE")
 
 NETNS_NOTICE = (
-    "On the netns backend a pod is a network namespace attached by the real CNI bridge + host-local "
-    "plugins and served by a small HTTP server (one per node) that answers as kubernetes-bootcamp does. "
-    "There is no kubelet and no container image."
+    "On the netns backend, pods are network namespaces served by a small HTTP server, not a kubelet: each is "
+    "attached by the real CNI bridge + host-local plugins, and one server per node answers as kubernetes-bootcamp "
+    "does (there is no container image)."
 )
-
 
 class PodsScreen(LabScreen):
     HELP = """# Pods
