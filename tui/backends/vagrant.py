@@ -29,7 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import vagrant as pyvagrant
+import logging
+
+# python-vagrant warns on import when vagrant is not on PATH; preflight says it in one line.
+logging.getLogger("vagrant").addHandler(logging.NullHandler())
+import vagrant as pyvagrant  # noqa: E402
 
 from ..lab import naming, render, state as labstate
 from ..lab.errors import LabError, NotFoundError, UsageError

@@ -435,7 +435,11 @@ class VagrantOutput:
                 self.reporter.line(part, node=node, stream=out_stream)
 
     def last_error(self) -> str:
-        return self.errors[-1] if self.errors else ""
+        """The last error, cut to its first sentence (Vagrant's messages run for lines)."""
+        if not self.errors:
+            return ""
+        first = self.errors[-1].split(". ")[0].strip()
+        return first if first.endswith((".", "!", ")")) else first + "."
 
 
 @contextlib.contextmanager

@@ -1,0 +1,274 @@
+"""The Vagrant backend's files, checked where no VM can run: rendered node files against goldens,
+shellcheck of the provisioning scripts, `vagrant validate` for both providers, the cluster CA,
+and preflight (one clear line, nothing changed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tui.backends import vagrant_support as vs
+from tui.lab import render
+from tui.lab.errors import UsageError
+from tui.lab.model import LabSpec, pair_key
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden"
+FIXTURES = ROOT / "tests" / "fixtures" / "vagrant"
+UPDATE = os.environ.get("UPDATE_GOLDENS") == "1"
+
+# Fixed inputs so that rendering is deterministic (real labs get random ones).
+PSK = "ab" * 32
+KUBE = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef",
+                         ca_cert_hash="sha256:" + "0" * 64, bootcamp_images=vs.BOOTCAMP_IMAGES)
+
+
+def psks(spec):
+    return {pair_key(a.name, b.name): PSK for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
+
+
+def check_golden(path: Path, content: str) -> None:
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    assert path.exists(), f"golden {path} is missing (UPDATE_GOLDENS=1 writes it)"
+    assert content == path.read_text(), f"{path.relative_to(ROOT)} differs (UPDATE_GOLDENS=1 rewrites it)"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("node", ["kube-node1", "kube-node2", "kube-node3"])
+def test_vm_node_files_match_goldens(node):
+    spec = LabSpec.build("lab", 3)
+    files = render.render_vm_node(spec, spec.node(node), secrets=psks(spec), kube=KUBE)
+    assert set(files) == set(render.VM_FILES)
+    for role, f in files.items():
+        check_golden(GOLDEN / "vagrant" / node / role, f.content)
+    assert files["swanctl.conf"].mode == 0o600 and files["kubeadm.yaml"].mode == 0o600
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("datapath", render.DATAPATHS)
+def test_netns_node_files_match_goldens(datapath):
+    """The netns lab's files are unchanged by the Vagrant backend's additions."""
+    spec = LabSpec.build("lab", 3)
+    files = render.render_node(spec, spec.node(1), datapath=datapath, secrets=psks(spec))
+    assert set(files) == set(render.NODE_FILES)
+    for role, f in files.items():
+        check_golden(GOLDEN / "netns" / datapath / "kube-node1" / role, f.content)
+
+
+@pytest.mark.timeout(30)
+def test_vm_files_share_the_netns_templates():
+    """Same swanctl.conf, CNI config and boot script as a netns node on the kernel-xfrm path,
+    except the private interface, which a VM names at boot."""
+    spec = LabSpec.build("lab", 3)
+    vm = render.render_vm_node(spec, spec.node(2), secrets=psks(spec), kube=KUBE)
+    ns = render.render_node(spec, spec.node(2), datapath="kernel-xfrm", secrets=psks(spec))
+    assert vm["swanctl.conf"].content == ns["swanctl.conf"].content
+    assert vm["10-ipsec-lab.conflist"].content == ns["10-ipsec-lab.conflist"].content
+    assert vm["node-boot.sh"].content == ns["node-boot.sh"].content.replace("dev eth0", 'dev "$UNDERLAY_IF"')
+    assert vm["strongswan.conf"].content.startswith(ns["strongswan.conf"].content)
+    assert "charon-systemd : charon {" in vm["strongswan.conf"].content
+    kubeadm = vm["kubeadm.yaml"].content
+    assert "kind: JoinConfiguration" in kubeadm and 'apiServerEndpoint: "10.128.1.1:6443"' in kubeadm
+    assert 'value: "192.168.56.12"' in kubeadm  # kubelet node IP = the private address
+    first = render.render_vm_node(spec, spec.node(1), secrets=psks(spec), kube=KUBE)["kubeadm.yaml"].content
+    assert "kind: InitConfiguration" in first and "taints: []" in first and 'advertiseAddress: "10.128.1.1"' in first
+    unit = vm["ipsec-lab-boot.service"].content
+    assert "Before=strongswan.service kubelet.service" in unit
+    assert "ExecStart=/usr/local/sbin/ipsec-lab-node-boot" in unit
+    dropin = vm["strongswan-order.conf"].content
+    assert "After=ipsec-lab-boot.service" in dropin and "Before=kubelet.service" in dropin
+
+
+@pytest.mark.timeout(60)
+def test_provisioning_scripts_pass_shellcheck(tmp_path):
+    assert shutil.which("shellcheck"), "shellcheck is not installed (run `make setup`)"
+    scripts = sorted(str(p) for p in (ROOT / "provisioning").glob("*.sh"))
+    assert len(scripts) == 4
+    cp = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    # The rendered boot script is POSIX sh, run by systemd on every boot.
+    spec = LabSpec.build("lab", 3)
+    boot = tmp_path / "node-boot.sh"
+    boot.write_text(render.render_vm_node(spec, spec.node(1), secrets=psks(spec), kube=KUBE)["node-boot.sh"].content)
+    cp = subprocess.run(["shellcheck", "-s", "sh", str(boot)], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def validate(workdir: Path, spec_file: Path, provider: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VAGRANT_HOME=str(workdir / "vagrant-home"), VAGRANT_DOTFILE_PATH=str(workdir / "dot"),
+               VAGRANT_CWD=str(cwd), IPSEC_LAB_SPEC=str(spec_file), VAGRANT_DEFAULT_PROVIDER=provider,
+               VAGRANT_CHECKPOINT_DISABLE="1", PATH=f"{FIXTURES / 'bin'}:{os.environ['PATH']}")
+    return subprocess.run(["vagrant", "validate"], capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
+
+
+@pytest.fixture
+def prepared(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp_path / "labs"))
+    spec = LabSpec.build("vgval", 3)
+    files = vs.LabFiles.of("vgval")
+    vspec = vs.write_lab_files(spec, files)
+    return tmp_path, files, vspec
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("provider", ["libvirt", "virtualbox"])
+def test_vagrant_validate(prepared, provider):
+    """Vagrant's own validator on the real Vagrantfile and a spec written by the Python side.
+    virtualbox: VirtualBox cannot be installed here; a stand-in VBoxManage (fixtures/vagrant/bin)
+    only reports a version so that Vagrant's virtualbox provider agrees to validate."""
+    assert shutil.which("vagrant"), "vagrant is not installed (run `make setup`)"
+    tmp, files, vspec = prepared
+    cp = validate(tmp, files.spec_file, provider)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "validated successfully" in cp.stdout
+    assert not (ROOT / ".vagrant").exists() or (ROOT / ".vagrant").is_dir()
+
+
+@pytest.mark.timeout(300)
+def test_vagrant_validate_catches_mistakes(prepared):
+    tmp, files, vspec = prepared
+    broken = dict(vspec, nodes=[dict(n, files=str(tmp / "missing")) for n in vspec["nodes"]])
+    bad = tmp / "bad.json"
+    bad.write_text(json.dumps(broken))
+    cp = validate(tmp, bad, "libvirt")
+    assert cp.returncode != 0 and "must exist" in cp.stdout + cp.stderr
+    # A Vagrantfile without the provisioning scripts beside it: every step is reported.
+    copy = tmp / "copy"
+    copy.mkdir()
+    shutil.copy(ROOT / "Vagrantfile", copy / "Vagrantfile")
+    cp = validate(tmp, files.spec_file, "libvirt", cwd=copy)
+    assert cp.returncode != 0
+    for step in ("kube-baseline", "cni-provision", "master-provision", "node-provision"):
+        assert f"provisioning/{step}.sh" in cp.stdout + cp.stderr
+
+
+@pytest.mark.timeout(120)
+def test_vagrantfile_without_a_spec_says_what_to_do(tmp_path):
+    cp = validate(tmp_path, tmp_path / "none.json", "libvirt")
+    assert cp.returncode != 0
+    assert "no lab spec at" in cp.stderr and "ipsec-lab --backend vagrant" in cp.stderr
+
+
+@pytest.mark.timeout(60)
+def test_lab_files_on_disk(prepared):
+    tmp, files, vspec = prepared
+    assert [n["name"] for n in vspec["nodes"]] == ["kube-node1", "kube-node2", "kube-node3"]
+    assert [n["ip"] for n in vspec["nodes"]] == ["192.168.56.11", "192.168.56.12", "192.168.56.13"]
+    assert vspec["nodes"][0]["role"] == "control-plane" and vspec["box"] == vs.DEFAULT_BOX
+    assert (files.secrets_file.stat().st_mode & 0o777) == 0o600
+    n1 = files.node_dir("kube-node1")
+    assert (n1 / "ca.key").stat().st_mode & 0o777 == 0o600 and not (files.node_dir("kube-node2") / "ca.key").exists()
+    rows = [line.split("\t") for line in (n1 / "manifest.tsv").read_text().splitlines()]
+    assert {r[0] for r in rows} == set(render.VM_FILES)
+    assert ["swanctl.conf", "0600", "/etc/swanctl/swanctl.conf"] in rows
+    for role, mode, _dest in rows:
+        assert (n1 / role).stat().st_mode & 0o777 == int(mode, 8)
+    # Preparing again keeps the secrets: the VMs and the files never disagree.
+    before = files.secrets_file.read_text()
+    vs.write_lab_files(LabSpec.build("vgval", 3), files)
+    assert files.secrets_file.read_text() == before
+    secrets = json.loads(before)
+    kubeadm = (files.node_dir("kube-node3") / "kubeadm.yaml").read_text()
+    assert secrets["token"] in kubeadm and vs.ca_cert_hash(secrets["ca_crt"]) in kubeadm
+
+
+@pytest.mark.timeout(60)
+def test_ca_hash_is_kubeadms(tmp_path):
+    """The pinned hash is what kubeadm's documentation computes with openssl."""
+    cert, key = vs.make_cluster_ca()
+    (tmp_path / "ca.crt").write_text(cert)
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cp = subprocess.run(
+        "openssl x509 -pubkey -in ca.crt | openssl rsa -pubin -outform der 2>/dev/null | sha256sum",
+        shell=True, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert vs.ca_cert_hash(cert) == "sha256:" + cp.stdout.split()[0]
+    assert "BEGIN RSA PRIVATE KEY" in key
+    token = vs.make_token()
+    assert len(token) == 23 and token[6] == "." and token.replace(".", "").isalnum()
+
+
+# ------------------------------------------------------------------------------------ preflight
+def facts(**kw) -> vs.HostFacts:
+    base = dict(vagrant="/usr/bin/vagrant", mem_available_mb=32000,
+                provider_problems={"virtualbox": None, "libvirt": None},
+                vbox_networks=[vs.VIRTUALBOX_HOSTONLY])
+    base.update(kw)
+    return vs.HostFacts(**base)
+
+
+@pytest.mark.timeout(30)
+def test_preflight_picks_a_usable_provider(monkeypatch):
+    monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
+    spec = LabSpec.build("vgpre", 3)
+    assert vs.preflight(spec, facts(), {}) == "virtualbox"
+    assert vs.preflight(spec, facts(provider_problems={"virtualbox": "no", "libvirt": None}), {}) == "libvirt"
+    monkeypatch.setenv("VAGRANT_DEFAULT_PROVIDER", "libvirt")
+    assert vs.preflight(spec, facts(), {}) == "libvirt"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kw,env,spec_kw,message", [
+    (dict(vagrant=None), None, {}, "vagrant is not installed"),
+    (dict(provider_problems={"virtualbox": "VirtualBox is not installed (no VBoxManage)",
+                             "libvirt": "libvirtd is not running"}), None, {}, "no Vagrant provider can run VMs here"),
+    (dict(provider_problems={"virtualbox": None, "libvirt": "libvirtd is not running"}), "libvirt", {},
+     "provider libvirt cannot run VMs here: libvirtd is not running"),
+    ({}, "docker", {}, "provider 'docker' (VAGRANT_DEFAULT_PROVIDER) is not supported"),
+    ({}, None, dict(underlay="192.168.64.0/24"), "outside VirtualBox's host-only ranges"),
+    ({}, "libvirt", dict(underlay="192.168.121.0/24"), "overlaps libvirt's own network"),
+    (dict(mem_available_mb=4000), None, {}, "not enough memory for 3 VMs"),
+])
+def test_preflight_failures_are_one_line(monkeypatch, kw, env, spec_kw, message):
+    if env:
+        monkeypatch.setenv("VAGRANT_DEFAULT_PROVIDER", env)
+    else:
+        monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
+    spec = LabSpec.build("vgpre", 3, **spec_kw)
+    with pytest.raises(UsageError) as err:
+        vs.preflight(spec, facts(**kw), {})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(30)
+def test_preflight_refuses_an_underlay_another_lab_uses(monkeypatch):
+    monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
+    import ipaddress
+    with pytest.raises(UsageError, match="overlaps Vagrant lab 'other'"):
+        vs.preflight(LabSpec.build("vgpre", 3), facts(), {"other": ipaddress.IPv4Network("192.168.56.0/24")})
+
+
+def snapshot(paths):
+    return {p: sorted(os.listdir(p)) if os.path.isdir(p) else None for p in paths}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("without_vagrant", [False, True])
+def test_cli_up_without_a_provider_fails_in_one_line_and_changes_nothing(tmp_path, without_vagrant):
+    """`ipsec-lab --backend vagrant up` on this machine: no provider can run VMs here."""
+    lab = "vgcli" + ("n" if without_vagrant else "p")
+    env = dict(os.environ, IPSEC_LAB_VAGRANT_DIR=str(tmp_path / "labs"))
+    env.pop("VAGRANT_DEFAULT_PROVIDER", None)
+    if without_vagrant:
+        env["PATH"] = str(Path(sys.executable).parent) + ":/usr/sbin:/sbin"  # /usr/bin holds vagrant
+    watched = [str(tmp_path), "/run/ipsec-lab", str(ROOT)]
+    before = snapshot(watched)
+    if not without_vagrant and (vs._virtualbox_problem() is None or vs._libvirt_problem() is None):
+        pytest.skip("a Vagrant provider is usable on this machine")
+    cp = subprocess.run([sys.executable, "-m", "tui", "--backend", "vagrant", "--lab", lab, "up"], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert cp.returncode == 3, cp.stdout + cp.stderr
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, cp.stderr
+    expected = "vagrant is not installed" if without_vagrant else "no Vagrant provider can run VMs here"
+    assert expected in lines[0]
+    assert cp.stdout.strip() == ""
+    assert snapshot(watched) == before
