@@ -376,6 +376,9 @@ def preflight(spec: LabSpec, facts: HostFacts, other_labs: dict[str, ipaddress.I
 _PREFIX = re.compile(r"^(?:==> |    )?(?P<node>[A-Za-z0-9_.-]+): ?(?P<text>.*)$")
 
 
+_HUMAN_PREFIX = re.compile(r"^(?:==> |    )(?P<node>[A-Za-z0-9_.-]+): (?P<text>.*)$")
+
+
 def unescape_machine(value: str) -> str:
     return value.replace("%!(VAGRANT_COMMA)", ",").replace("\\n", "\n").replace("\\r", "\r")
 
@@ -410,10 +413,12 @@ class VagrantOutput:
 
     def feed(self, raw: str, stream: str) -> None:
         m = parse_machine_line(raw)
-        if m is None:
+        if m is None:  # human output (e.g. on stderr): "==> node: text" or "    node: text"
             text = raw.rstrip("\r\n")
             if text.strip():
-                self.reporter.line(text, stream=stream)
+                hm = _HUMAN_PREFIX.match(text)
+                node, text = (hm.group("node"), hm.group("text")) if hm else (None, text)
+                self.reporter.line(text, node=node, stream=stream)
                 if stream == "stderr":
                     self.errors.append(text.strip())
             return

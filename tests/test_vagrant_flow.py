@@ -1,0 +1,254 @@
+"""The python-vagrant flow against tests/fixtures/vagrant/fake-vagrant, a stand-in `vagrant` that
+REPLAYS hand-written recordings in Vagrant's machine-readable format (no VM runs here): the
+commands python-vagrant issues, line-by-line streaming into the event stream with stdout and
+stderr tagged per machine, failure and rollback, status parsing, and the lab's files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tui.backends import vagrant_support as vs
+from tui.backends.vagrant import VagrantBackend
+from tui.lab.errors import LabError, UsageError
+from tui.lab.events import OutputLine, Reporter, StepFinished, StepStarted
+from tui.lab.model import LabSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "vagrant"
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """PATH with the stand-in vagrant first; recordings copied to a scratch folder."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "vagrant").symlink_to(FIXTURES / "fake-vagrant")
+    replay = tmp_path / "replay"
+    shutil.copytree(FIXTURES / "replay", replay)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_VAGRANT_DIR", str(replay))
+    monkeypatch.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp_path / "labs"))
+    monkeypatch.setenv("IPSEC_LAB_STATE_ROOT", str(tmp_path / "run"))  # never the host's /run
+    monkeypatch.delenv("FAKE_VAGRANT_FAIL", raising=False)
+    monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
+    return replay
+
+
+def calls(replay: Path) -> list[dict]:
+    path = replay / "calls.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def host_facts(vagrant: str) -> vs.HostFacts:
+    # The host's facts as preflight sees them on a machine with libvirt; here they are given.
+    return vs.HostFacts(vagrant=vagrant, mem_available_mb=32000,
+                        provider_problems={"virtualbox": "VirtualBox is not installed", "libvirt": None},
+                        vbox_networks=[vs.VIRTUALBOX_HOSTONLY])
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events = []
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
+
+    def lines(self, **match) -> list[OutputLine]:
+        return [e for e in self.events if isinstance(e, OutputLine)
+                and all(getattr(e, k) == v for k, v in match.items())]
+
+
+def make_backend(lab: str, rec: Recorder) -> VagrantBackend:
+    b = VagrantBackend(lab, Reporter(rec), host=host_facts(shutil.which("vagrant")))
+    # No SSH here: the mesh is reported up, as a node would report it (tested for real over SSH
+    # in test_vagrant_ssh.py).
+    b._sas = lambda node: vs.parse_swanctl_raw(MESH_UP[node])  # type: ignore[method-assign]
+    return b
+
+
+def sa_line(conn: str, local: str, remote: str) -> str:
+    return (f"list-sa event {{{conn} {{uniqueid=1 version=2 state=ESTABLISHED local-host={local} "
+            f"remote-host={remote} initiator=yes initiator-spi=1 responder-spi=2 encr-alg=AES_GCM_16 "
+            f"encr-keysize=128 prf-alg=PRF_HMAC_SHA2_256 dh-group=CURVE_25519 established=3 rekey-time=13000 "
+            f"child-sas {{{conn}-1 {{name={conn} uniqueid=1 reqid=1 state=INSTALLED mode=TUNNEL protocol=ESP "
+            f"spi-in=c1 spi-out=c2 bytes-in=10 packets-in=1 bytes-out=20 packets-out=2 "
+            f"local-ts=[10.128.1.0/24] remote-ts=[10.128.2.0/24]}}}}}}}}\n")
+
+
+_spec3 = LabSpec.build("x", 3)
+MESH_UP = {n.name: "".join(sa_line(t.name, str(t.local_addr), str(t.remote_addr)) for t in _spec3.tunnels_of(n))
+           + "list-sas reply {}\n" for n in _spec3.node_list()}
+
+
+@pytest.mark.timeout(120)
+def test_up_streams_vagrant_output_and_records_the_lab(fake, monkeypatch):
+    rec = Recorder()
+    b = make_backend("vgflow", rec)
+    b.status = lambda: "status"  # type: ignore[method-assign]  # kubectl needs a cluster
+    assert b.up(LabSpec.build("vgflow", 3)) == "status"
+    # python-vagrant ran `vagrant up` with the provider preflight chose, machine-readable.
+    up = [c for c in calls(fake) if c["argv"][0] == "up"]
+    assert len(up) == 1
+    assert up[0]["argv"] == ["up", "--provision", "--provider=libvirt", "--machine-readable"]
+    files = vs.LabFiles.of("vgflow")
+    assert up[0]["env"]["IPSEC_LAB_SPEC"] == str(files.spec_file) and up[0]["env"]["IPSEC_LAB"] == "vgflow"
+    assert up[0]["env"]["VAGRANT_DOTFILE_PATH"] == str(files.dir / "vagrant")
+    assert up[0]["env"]["VAGRANT_CWD"] == str(ROOT)
+    # Every ui line arrives as its own event, tagged with its machine, prefixes stripped.
+    n1 = [e.text for e in rec.lines(node="kube-node1")]
+    assert "Running provisioner: kube-baseline (shell)..." in n1
+    assert "kube-baseline: kube-node1, Kubernetes v1.34" in n1  # %!(VAGRANT_COMMA) unescaped
+    assert "ipsec-n2         UNKNOWN        <NOARP,UP,LOWER_UP>" in n1  # \n split into lines
+    assert "ipsec-n3         UNKNOWN        <NOARP,UP,LOWER_UP>" in n1
+    assert any(e.text.startswith("This node has joined") for e in rec.lines(node="kube-node3"))
+    assert rec.lines(text="Bringing machine 'kube-node1' up with 'libvirt' provider...", node=None)
+    # vagrant's own stderr is tagged stderr.
+    err = rec.lines(stream="stderr")
+    assert [e.text for e in err] == ["Box 'debian/bookworm64' was already added; using it."]
+    assert err[0].node == "kube-node2"
+    # metadata/action lines are not shown to people.
+    assert not [e for e in rec.events if isinstance(e, OutputLine) and e.text.startswith("1795")]
+    steps = [e.step for e in rec.events if isinstance(e, StepStarted)]
+    assert steps[:3] == ["render node configuration", "vagrant up (libvirt, 3 VMs)", "wait for the IPsec mesh"]
+    assert all(e.ok for e in rec.events if isinstance(e, StepFinished))
+    # The run state points the CLI at this backend; the spec is what the Vagrantfile reads.
+    state = json.loads(b.paths.state_file.read_text())
+    assert state["backend"] == "vagrant" and state["phase"] == "up" and state["provider"] == "libvirt"
+    assert b.exists() and b.spec() == LabSpec.build("vgflow", 3)
+    with pytest.raises(UsageError, match="already up"):
+        b.up(LabSpec.build("vgflow", 3))
+
+    # status: python-vagrant's machine-readable status parse
+    assert b.machine_states() == {f"kube-node{i}": "running" for i in (1, 2, 3)}
+
+    # reboot: `vagrant reload NODE`, streamed; then the node must answer again
+    b.exec = lambda node, argv, **kw: type("R", (), {"ok": True})()  # type: ignore[method-assign]
+    b.reboot("kube-node2")
+    assert calls(fake)[-1]["argv"] == ["reload", "kube-node2", "--machine-readable"]
+    assert "Halting domain..." in [e.text for e in rec.lines(node="kube-node2")]
+
+    removed = b.down()
+    assert calls(fake)[-1]["argv"] == ["destroy", "--force", "--machine-readable"]
+    assert "Removing domain..." in [e.text for e in rec.lines(node="kube-node3")]
+    assert any("VMs of lab vgflow" in r for r in removed)
+    assert not files.dir.exists() and not b.paths.dir.exists() and not b.exists()
+
+
+@pytest.mark.timeout(120)
+def test_failed_up_reports_vagrants_error_in_one_line_and_rolls_back(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_VAGRANT_FAIL", "up")
+    rec = Recorder()
+    b = make_backend("vgfail", rec)
+    with pytest.raises(LabError) as err:
+        b.up(LabSpec.build("vgfail", 3))
+    assert str(err.value) == "vagrant up failed: The SSH command responded with a non-zero exit status."
+    assert rec.lines(text="kube-baseline: no registry served the bootcamp image "
+                          "(docker.io/jocatalin/kubernetes-bootcamp:v1 gcr.io/google-samples/kubernetes-bootcamp:v1)",
+                     node="kube-node1")
+    assert [e for e in rec.lines(stream="stderr") if e.text.startswith("The SSH command responded")]
+    # rolled back: vagrant destroy ran, nothing of the lab is left
+    assert [c["argv"][0] for c in calls(fake)][-1] == "destroy"
+    assert not vs.LabFiles.of("vgfail").dir.exists() and not b.paths.dir.exists()
+
+
+@pytest.mark.timeout(60)
+def test_no_rollback_when_asked(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_VAGRANT_FAIL", "up")
+    monkeypatch.setenv("IPSEC_LAB_NO_ROLLBACK", "1")
+    b = make_backend("vgkeep", Recorder())
+    try:
+        with pytest.raises(LabError):
+            b.up(LabSpec.build("vgkeep", 3))
+        assert "destroy" not in [c["argv"][0] for c in calls(fake)]
+        assert vs.LabFiles.of("vgkeep").spec_file.exists()
+    finally:
+        monkeypatch.delenv("FAKE_VAGRANT_FAIL")
+        b.down()
+    assert not b.exists()
+
+
+@pytest.mark.timeout(60)
+def test_preflight_failure_changes_nothing(fake, tmp_path):
+    b = VagrantBackend("vgpre", Reporter(), host=vs.HostFacts(
+        vagrant=shutil.which("vagrant"), mem_available_mb=2000,
+        provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vs.VIRTUALBOX_HOSTONLY]))
+    with pytest.raises(UsageError, match="not enough memory"):
+        b.up(LabSpec.build("vgpre", 3))
+    assert calls(fake) == [] and not (tmp_path / "labs").exists() and not b.paths.dir.exists()
+
+
+@pytest.mark.timeout(60)
+def test_node_argv_is_vagrant_ssh_with_the_labs_environment(fake):
+    b = make_backend("vgargv", Recorder())
+    vs.write_lab_files(LabSpec.build("vgargv", 3), b.files)
+    argv = b.node_argv("kube-node2", ["swanctl", "--list-sas"])
+    assert argv[0] == "env" and f"IPSEC_LAB_SPEC={b.files.spec_file}" in argv
+    i = argv.index("ssh")
+    assert argv[i - 1].endswith("vagrant")
+    assert argv[i + 1:] == ["kube-node2", "--no-tty", "-c", "sudo -n -- swanctl --list-sas"]
+    assert "--no-tty" not in b.node_argv("kube-node1", ["bash", "-i"], interactive=True)
+    with pytest.raises(UsageError):
+        b.node_argv("kube-node9", ["true"])
+
+
+@pytest.mark.timeout(30)
+def test_machine_readable_parsing():
+    m = vs.parse_machine_line("1795800000,kube-node1,ui,detail,    kube-node1: a%!(VAGRANT_COMMA) b\\nc\n")
+    assert m == vs.MachineLine(1795800000, "kube-node1", "ui", ("detail", "    kube-node1: a, b\nc"))
+    assert vs.parse_machine_line("==> kube-node1: plain human output") is None
+    rec = Recorder()
+    out = vs.VagrantOutput(Reporter(rec))
+    out.feed("==> kube-node1: not machine-readable\n", "stdout")
+    assert (rec.events[-1].text, rec.events[-1].node, rec.events[-1].stream) == (
+        "not machine-readable", "kube-node1", "stdout")
+    out.feed("1,,error-exit,Vagrant::Errors::NoEnvironmentError,A Vagrant environment is required.\\nRun init.\n",
+             "stdout")
+    assert rec.events[-2].stream == "stderr" and out.last_error() == "A Vagrant environment is required."
+
+
+@pytest.mark.timeout(30)
+def test_kubectl_json_parsing():
+    doc = json.loads((FIXTURES / "kubectl-pods.json").read_text())
+    pods = vs.pods_from_kubectl(doc)
+    assert [(p.name, p.node, p.ip, p.state, p.restarts) for p in pods] == [
+        ("kubernetes-bootcamp-6f5b9c7d8-2kpdw", "kube-node2", "10.128.2.6", "Running", 0),
+        ("kubernetes-bootcamp-6f5b9c7d8-c497b", "kube-node3", None, "ContainerCreating", 0),
+        ("kubernetes-bootcamp-6f5b9c7d8-x8sc4", "kube-node1", "10.128.1.4", "Running", 2),
+    ]
+    assert pods[0].created > 1.7e9
+    svc = vs.service_from_kubectl({"metadata": {"name": "kubernetes-bootcamp"},
+                                   "spec": {"type": "NodePort", "ports": [{"port": 8080, "nodePort": 31990}]}})
+    assert (svc.type, svc.port, svc.node_port) == ("NodePort", 8080, 31990)
+    nodes = {"items": [{"metadata": {"name": "kube-node1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                       {"metadata": {"name": "kube-node2"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}}]}
+    assert vs.ready_nodes_from_kubectl(nodes) == {"kube-node1": True, "kube-node2": False}
+
+
+@pytest.mark.timeout(30)
+def test_pcap_merge(tmp_path):
+    import struct
+
+    def pcap(path, stamps):
+        with open(path, "wb") as f:
+            f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+            for sec, usec, payload in stamps:
+                f.write(struct.pack("<IIII", sec, usec, len(payload), len(payload)) + payload)
+
+    pcap(tmp_path / "a.pcap", [(10, 5, b"a1"), (12, 0, b"a2")])
+    pcap(tmp_path / "b.pcap", [(11, 0, b"b1"), (10, 1, b"b0")])
+    out = tmp_path / "m.pcap"
+    assert vs.merge_pcaps([str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")], str(out)) == 4
+    data = out.read_bytes()
+    assert data[:24] == (tmp_path / "a.pcap").read_bytes()[:24]
+    payloads = []
+    off = 24
+    while off < len(data):
+        incl = struct.unpack("<I", data[off + 8:off + 12])[0]
+        payloads.append(data[off + 16:off + 16 + incl])
+        off += 16 + incl
+    assert payloads == [b"b0", b"a1", b"b1", b"a2"]
