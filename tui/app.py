@@ -7,6 +7,7 @@ renders the active screen from the latest LabStatus.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import subprocess
 import threading
@@ -86,6 +87,7 @@ class IpsecLabApp(App[str]):
         "checks": ChecksScreen,
     }
     DEFAULT_MODE = "nodes"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     COMMANDS = App.COMMANDS | {LabCommands}
     BINDINGS = [
         Binding("1", "switch_mode('nodes')", "Nodes", id="mode.nodes", tooltip="Nodes: state, IPsec daemon, pods, IPAM"),
@@ -160,6 +162,9 @@ class IpsecLabApp(App[str]):
 
     # ------------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
+        # Everything built so far (Textual, rich, the screens) lives as long as the app: keep it out of
+        # the cyclic GC, whose full collections otherwise cost ~40 ms of a frame with 20 nodes.
+        gc.freeze()
         self._set_subtitle()
         if self.initial_mode and self.initial_mode != self.DEFAULT_MODE:
             self.switch_mode(self.initial_mode)

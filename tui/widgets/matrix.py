@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.strip import Strip
 from textual.binding import Binding
 from textual.message import Message
 from textual.reactive import reactive
@@ -84,6 +86,7 @@ class TunnelMatrix(Widget, can_focus=True):
         self.bounced: dict[tuple[str, str], float] = {}  # (node, peer) -> when it last left ESTABLISHED
         self.clock = clock
         self._text: Text | None = None
+        self._strips: list[Strip] | None = None
 
     # -- data ---------------------------------------------------------------------------------
     def set_status(self, status: LabStatus) -> None:
@@ -94,19 +97,22 @@ class TunnelMatrix(Widget, can_focus=True):
             old = self.cells.get(key)
             if old is not None and old.up and (not t.up or old.detail.get("ike_spi_local") != t.detail.get("ike_spi_local")):
                 self.bounced[key] = now  # left ESTABLISHED, or its IKE SA was replaced between two samples
-        if nodes != self.nodes:
+        nodes_changed = nodes != self.nodes
+        if nodes_changed:
             self.nodes = nodes
             r, c = self.cursor
             if r >= len(nodes) or c >= len(nodes) or r == c:
                 self.cursor = (0, 1 if len(nodes) > 1 else 0)
         self.cells = cells
         self._text = None
-        self.refresh(layout=True)
+        self._strips = None
+        self.refresh(layout=nodes_changed)
         self._post_selected()
 
     def mark_bounced(self, node: str, peer: str, at: float | None = None) -> None:
         self.bounced[(node, peer)] = self.clock() if at is None else at
         self._text = None
+        self._strips = None
         self.refresh()
 
     @property
@@ -122,6 +128,7 @@ class TunnelMatrix(Widget, can_focus=True):
 
     def watch_cursor(self, old, new) -> None:
         self._text = None
+        self._strips = None
         self.refresh()
         self._post_selected()
 
@@ -158,9 +165,26 @@ class TunnelMatrix(Widget, can_focus=True):
         return len(self.nodes) + 1
 
     def render(self) -> Text:
+        """The whole matrix as rich Text (for tests and plain-text export)."""
         if self._text is None:
             self._text = self.build_text()
         return self._text
+
+    def render_line(self, y: int) -> Strip:
+        """Line API: one strip per row, built once per status (Text -> Content conversion of 400
+        styled cells per frame cost more than the rest of the screen)."""
+        if self._strips is None:
+            base = self.rich_style
+            strips = []
+            for line in self.render().split("\n", allow_blank=True):
+                segs = [Segment(seg.text, base + seg.style if seg.style else base)
+                        for seg in line.render(self.app.console) if seg.text != "\n"]
+                strips.append(Strip(segs))
+            self._strips = strips
+        width = self.size.width
+        if y < len(self._strips):
+            return self._strips[y].crop_extend(0, width, self.rich_style)
+        return Strip.blank(width, self.rich_style)
 
     def build_text(self) -> Text:
         nodes, w, lw = self.nodes, self.cell_width(), self.label_width()
@@ -205,10 +229,12 @@ class TunnelMatrix(Widget, can_focus=True):
 
     def on_focus(self) -> None:
         self._text = None
+        self._strips = None
         self.refresh()
 
     def on_blur(self) -> None:
         self._text = None
+        self._strips = None
         self.refresh()
 
     def on_click(self, event) -> None:

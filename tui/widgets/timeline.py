@@ -22,8 +22,13 @@ def timeline_text(reach: Reachability, pairs: list[tuple[str, str]], now: float,
         label = f"{short_node(pair[0])}↔{short_node(pair[1])}".ljust(9)
         text.append(label, Style(bold=True))
         cells = reach.cells(pair, now)
-        for ch in cells:
-            text.append(ch, GREEN if ch == "█" else RED if ch == "▁" else YELLOW if ch == "▄" else DIM)
+        i = 0
+        while i < len(cells):  # one span per run of equal cells, not one per second
+            ch, j = cells[i], i
+            while j < len(cells) and cells[j] == ch:
+                j += 1
+            text.append(cells[i:j], GREEN if ch == "█" else RED if ch == "▁" else YELLOW if ch == "▄" else DIM)
+            i = j
         tl = reach.pairs.get(pair)
         up = tl.is_up if tl else None
         text.append("  ")
