@@ -466,7 +466,7 @@ class VagrantBackend(Backend):
         safe = "".join(c for c in name if c.isalnum() or c in "-_") or "capture"
         handle: dict[str, Any] = {"name": safe, "nodes": {}}
         for n in spec.node_list():
-            base = f"/tmp/ipsec-lab-capture-{safe}"
+            base = f"/tmp/ipsec-lab-capture-{safe}-{n.name}"
             script = (f'dev=$({FIND_UNDERLAY_IF}); [ -n "$dev" ] || {{ echo "no interface holds $1" >&2; exit 1; }}; '
                       f'rm -f {base}.pcap {base}.log; '
                       f'nohup tcpdump -n -U --immediate-mode -Q out -Z root -i "$dev" -w {base}.pcap '
