@@ -129,7 +129,8 @@ def main_checks(args) -> int:
     out = Console(highlight=False, soft_wrap=True)
     if args.list_checks:
         table = Table(title="ipsec-lab checks")
-        for col in ("NAME", "PURPOSE", "RUNS", "FAULT"):
+        table.add_column("NAME", no_wrap=True)
+        for col in ("PURPOSE", "RUNS", "FAULT"):
             table.add_column(col)
         for c in CATALOG:
             d = describe(c)
@@ -162,7 +163,8 @@ def main_checks(args) -> int:
         results = run_checks(backend, [c.name for c in checks], reporter)
         seconds = time.monotonic() - t0
         table = Table(title=f"ipsec-lab checks on lab {args.lab} ({status.backend}, {status.datapath}) in {seconds:.1f} s")
-        for col in ("CHECK", "RESULT", "TIME", "DETAIL"):
+        table.add_column("CHECK", no_wrap=True)
+        for col in ("RESULT", "TIME", "DETAIL"):
             table.add_column(col)
         colour = {Outcome.PASSED: "green", Outcome.FAILED: "red", Outcome.SKIPPED: "yellow"}
         for r in results:
