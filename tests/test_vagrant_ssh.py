@@ -260,3 +260,23 @@ def test_rendered_vm_config_loads_into_a_real_charon(ssh_lab):
     # strongswan.conf with the charon-systemd reference parses (swanctl reads its own section).
     res = vb.exec("kube-node1", ["env", "STRONGSWAN_CONF=/run/vm-strongswan.conf", "swanctl", "--list-conns"])
     assert res.ok and "mesh-left" in res.stdout, res.stderr
+
+
+@pytest.mark.timeout(60)
+def test_vm_boot_script_runs_in_a_netns_node_up_to_the_xfrm_interfaces(ssh_lab):
+    """The VM's boot script (what ipsec-lab-boot.service runs) over SSH in a real node: cni0, the
+    cleartext guard and forwarding run for real; the first XFRM interface is where this kernel
+    stops it (no XFRM interfaces here; the Debian box's kernel has them)."""
+    _netns, vb, _sshds, _tmp = ssh_lab
+    spec = vb.spec()
+    secrets = {k: "cd" * 32 for k in ("kube-node1|kube-node2", "kube-node1|kube-node3", "kube-node2|kube-node3")}
+    kube = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:" + "0" * 64,
+                             bootcamp_images=vs.BOOTCAMP_IMAGES)
+    script = render.render_vm_node(spec, spec.node(2), secrets=secrets, kube=kube)["node-boot.sh"].content
+    res = vb.exec("kube-node2", ["env", "UNDERLAY_IF=eth0", "sh", "-x", "-s"], input=script, timeout=20)
+    ran = [line[2:] for line in res.stderr.splitlines() if line.startswith("+ ")]
+    assert "ip addr replace 10.128.2.1/24 dev cni0" in ran
+    assert "ip route replace unreachable 10.128.0.0/16" in ran
+    assert ran[-1] == "ip link add ipsec-n1 type xfrm dev eth0 if_id 1" and res.returncode != 0
+    routes = vb.exec("kube-node2", ["ip", "route", "show", "10.128.0.0/16"]).stdout
+    assert "unreachable 10.128.0.0/16" in routes

@@ -20,6 +20,7 @@ import shutil
 import string
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -521,21 +522,53 @@ class NodeShells:
         return cmd if user == "root" else "sudo -n -- " + cmd
 
     def run(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0) -> Result:
-        from invoke.exceptions import CommandTimedOut
-
+        """Run on the Fabric connection's SSH transport, one channel per command. (Not through
+        Connection.run: invoke's stdin thread turns a command that exits before reading all its
+        input, e.g. `sh -s` stopping at a failed line, into an exception that loses the result.)"""
         conn = self.connection(node)
         try:
-            r = conn.run(self.command_line(conn.user, argv), hide=True, warn=True, pty=False,
-                         in_stream=io.StringIO(input) if input is not None else False,
-                         timeout=max(1, int(round(timeout))))
-        except CommandTimedOut:
-            raise LabError(f"{' '.join(argv)} on {node} did not finish within {timeout:.0f} s") from None
+            chan = conn.transport.open_session(timeout=self._timeout)
+        except Exception as exc:
+            self.forget(node)
+            raise LabError(f"lost the SSH connection to {node}: {exc.__class__.__name__}: {exc}") from None
+        out, err = bytearray(), bytearray()
+        try:
+            chan.exec_command(self.command_line(conn.user, argv))
+
+            def feed() -> None:
+                with contextlib.suppress(Exception):  # the command may exit without reading it all
+                    if input:
+                        chan.sendall(input.encode())
+                    chan.shutdown_write()
+
+            threading.Thread(target=feed, name=f"ssh-stdin-{node}", daemon=True).start()
+            deadline = time.monotonic() + timeout
+            while True:
+                busy = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    busy = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if chan.closed and not busy:
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(f"{' '.join(argv)} on {node} did not finish within {timeout:.0f} s")
+                if not busy:
+                    time.sleep(0.002)
+            code = chan.recv_exit_status() if chan.exit_status_ready() else -1
         except LabError:
             raise
         except Exception as exc:
             self.forget(node)
             raise LabError(f"lost the SSH connection to {node}: {exc.__class__.__name__}: {exc}") from None
-        return Result(tuple(argv), r.exited, r.stdout, r.stderr)
+        finally:
+            with contextlib.suppress(Exception):
+                chan.close()
+        return Result(tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def get(self, node: str, remote: str, local: str) -> None:
         conn = self.connection(node)
