@@ -159,3 +159,15 @@ def test_status_json_shape(running_lab):
     assert data["backend"] == "netns"
     t = data["tunnels"][0]
     assert set(t) >= {"node", "name", "peer", "ike_state", "child_state", "bytes_in", "bytes_out"}
+
+
+def test_ssh_opens_a_shell_on_the_node(running_lab):
+    import subprocess
+
+    from .conftest import IPSEC_LAB, ROOT
+
+    cp = subprocess.run([*IPSEC_LAB, "--lab", running_lab.lab, "ssh", "kube-node2"], cwd=ROOT, text=True,
+                        capture_output=True, timeout=30,
+                        input="ip -o -4 addr show dev cni0; swanctl --list-conns | head -1; exit 0\n")
+    assert cp.returncode == 0, cp.stderr
+    assert "10.128.2.1/24" in cp.stdout and "mesh-left" in cp.stdout
