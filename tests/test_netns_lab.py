@@ -142,6 +142,11 @@ def test_reboot_recovers_with_fresh_ipam_and_restarted_pods(running_lab):
     assert all(p.netns != before[p.name].netns for p in after.values())
 
 
+def test_faults_leave_exactly_one_ike_sa_per_tunnel_end(running_lab):
+    # After tunnel-down, `ipsec down`, restart and reboot above: no duplicate IKE SAs linger.
+    wait_for(lambda: all(t.ike_sas == 1 for t in running_lab.status().tunnels), 10, what="one IKE SA per end")
+
+
 def test_deleted_pod_is_replaced_with_a_new_address(running_lab):
     victim = next(p for p in running_lab.status().pods if p.node == "kube-node1")
     new = running_lab.delete_pod(victim.name)

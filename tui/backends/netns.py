@@ -197,7 +197,11 @@ class NetnsBackend(Backend):
                     self._write_node_files(node, files)
                 with self.reporter.step("create underlay"):
                     self._create_underlay(spec)
-                self._parallel(lambda n: self._boot_node(spec, n, rebooting=False), spec.node_list())
+                self._parallel(lambda n: self._boot_node(spec, n, rebooting=False, load=False), spec.node_list())
+                # Answering ends load first: a charon that runs but has no config yet refuses an
+                # initiator with NO_PROPOSAL_CHOSEN, and strongSwan never retries that.
+                for n in reversed(spec.node_list()):
+                    self._load_conns(n.name)
                 self._wait_tunnels(spec, TUNNEL_WAIT_S)
                 self._update(lambda s: s.__setitem__("phase", "up"))
             except BaseException as exc:
@@ -275,7 +279,7 @@ class NetnsBackend(Backend):
         return proc.run(self.node_argv(node, argv), input=input, timeout=timeout, env=env, check=check,
                         what=f"{' '.join(argv)} on {node}")
 
-    def _boot_node(self, spec: LabSpec, node: Node, *, rebooting: bool) -> None:
+    def _boot_node(self, spec: LabSpec, node: Node, *, rebooting: bool, load: bool = True) -> None:
         name, ns = node.name, self.node_ns(node.name)
         with self.reporter.step(f"boot {name}", node=name):
             self._update(lambda s: s["nodes"][name].update(state="booting"))
@@ -309,6 +313,8 @@ class NetnsBackend(Backend):
             if not boot.ok:
                 raise LabError(f"boot script failed on {name}: {proc.last_line(boot.stderr)}")
             self._start_charon(name)
+            if load:
+                self._load_conns(name, announce=rebooting)
             self._start_podserver(name)
             self._update(lambda s: s["nodes"][name].update(state="ready", booted_at=time.time(),
                                                            boots=s["nodes"][name].get("boots", 0) + 1))
@@ -326,8 +332,11 @@ class NetnsBackend(Backend):
 
     def _start_charon(self, node: str) -> None:
         vici = self.paths.vici_socket(node)
-        with contextlib.suppress(FileNotFoundError):
-            vici.unlink()
+        # A killed charon leaves its socket and pid file; a stale pid that now names another
+        # process would make the new charon refuse to start.
+        for stale in (vici, self.paths.node_run(node) / "charon.pid", self.paths.node_run(node) / "charon.ctl"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         ref = self._start_daemon(node, [CHARON], "charon.stdout")
         self._update(lambda s: s["nodes"][node].update(charon=ref.to_list()))
         deadline = time.monotonic() + 10
@@ -343,11 +352,25 @@ class NetnsBackend(Backend):
                     raise LabError(f"charon on {node} does not answer on {vici}")
                 time.sleep(0.005)
         self.reporter.line(f"charon started (pid {ref.pid})", node=node)
+
+    def _load_conns(self, node: str, announce: bool = False) -> None:
+        """swanctl --load-all; with `announce`, also start the connections this node only answers.
+
+        After a restart or reboot the peers still hold SAs with this node's old charon; starting
+        every connection from here sends INITIAL_CONTACT, so they replace them at once instead of
+        waiting for dead peer detection.
+        """
         load = self.exec(node, ["swanctl", "--load-all", "--noprompt"])
         for line in (load.stdout + load.stderr).splitlines():
             self.reporter.line(line, node=node, source="provisioning")
         if not load.ok:
             raise LabError(f"swanctl --load-all failed on {node}: {proc.last_line(load.stderr or load.stdout)}")
+        if announce:
+            passive = [t.name for t in self.spec().tunnels_of(node) if not t.initiator]
+            if passive:
+                script = " ".join(f"swanctl --initiate --child {c} --timeout 5 >/dev/null 2>&1 &" for c in passive) + " wait"
+                self.exec(node, ["sh", "-c", script], timeout=15)
+                self.reporter.line(f"initiated {', '.join(passive)} (INITIAL_CONTACT to the peers)", node=node)
 
     def _log_tail(self, node: str, n: int) -> str:
         try:
@@ -624,10 +647,14 @@ class NetnsBackend(Backend):
             spec = self._check_node(node)
             with self.reporter.step(f"restart strongSwan on {node}", node=node):
                 ref = ProcRef.from_list(self._state["nodes"][node].get("charon"))  # type: ignore[index]
-                # A new charon started while the old one still exits cannot bind UDP 500/4500
-                # and never gets an SA: wait until the old PID is gone.
-                proc.stop([ref], grace=3.0)
+                # Killed, as a crash (and systemd's Restart=) would: a graceful stop sends DELETEs
+                # that make every peer re-initiate at the moment the new daemon does, leaving
+                # duplicate IKE SAs. The new charon's INITIAL_CONTACT clears the peers' old SAs.
+                # A charon started while the old one still exits cannot bind UDP 500/4500 and
+                # never gets an SA: stop() returns only once the old PID is gone.
+                proc.stop([ref], grace=0.0, sig=signal.SIGKILL)
                 self._start_charon(node)
+                self._load_conns(node, announce=True)
 
     def reboot(self, node: str) -> None:
         with labstate.lab_lock(self.paths):
@@ -643,7 +670,8 @@ class NetnsBackend(Backend):
         name = node.name
         self._update(lambda s: s["nodes"][name].update(state="down"))
         info = self._state["nodes"][name]  # type: ignore[index]
-        proc.stop([ProcRef.from_list(info.get("charon")), ProcRef.from_list(info.get("podserver"))], grace=1.0)
+        proc.stop([ProcRef.from_list(info.get("charon")), ProcRef.from_list(info.get("podserver"))],
+                  grace=0.0, sig=signal.SIGKILL)
         self._kill_namespace_processes(self.node_ns(name))
         proc.run(["ip", "-n", self.ul_ns, "link", "del", naming.underlay_port(node.index)], check=False)
         run_dir = self.paths.node_run(name)

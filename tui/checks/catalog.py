@@ -71,8 +71,10 @@ def judge_nodes(obs: Observation) -> Verdict:
 
 # -- tunnels-established ------------------------------------------------------------------------
 def collect_tunnels(ctx: CheckContext) -> Observation:
+    tunnels = ctx.status().tunnels
     return {
-        "ends": [(t.node, t.name, t.peer, t.ike_state, t.child_state) for t in ctx.status().tunnels],
+        "ends": [(t.node, t.name, t.peer, t.ike_state, t.child_state) for t in tunnels],
+        "duplicates": sum(max(0, t.ike_sas - 1) for t in tunnels),
         "nodes": [n.name for n in ctx.spec.node_list()],
     }
 
@@ -92,8 +94,10 @@ def judge_tunnels(obs: Observation) -> Verdict:
     if bad:
         return Verdict.failed(f"{len(bad)} tunnel ends not up: " + "; ".join(bad[:4]) +
                               " — see `swanctl --list-sas` and the node's charon log")
-    return Verdict.passed(f"{pairs} node pairs, both ends IKE ESTABLISHED and CHILD INSTALLED (read over vici)",
-                          Measurement("node_pairs", pairs, "pairs"))
+    dup = obs.get("duplicates", 0)
+    note = f"; {dup} extra IKE SAs (both ends initiated at once)" if dup else ", one IKE SA each"
+    return Verdict.passed(f"{pairs} node pairs, both ends IKE ESTABLISHED and CHILD INSTALLED (read over vici){note}",
+                          Measurement("node_pairs", pairs, "pairs"), Measurement("duplicate_ike_sas", dup, "SAs"))
 
 
 # -- pod-addresses ------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ class Tunnel:
     local_ts: IPv4Network
     remote_ts: IPv4Network
     if_id: int  # the XFRM interface id on the kernel data path (the peer's index)
+    # One end of each pair starts the tunnel (the lower-numbered node); the other only answers.
+    # When both ends start at once, every pair ends up with two IKE SAs that never go away.
+    initiator: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class LabSpec:
                     local_ts=local.pod_cidr,
                     remote_ts=peer.pod_cidr,
                     if_id=peer.index,
+                    initiator=local.index < peer.index,
                 )
             )
         return out
