@@ -34,6 +34,7 @@ from .screens.base import LabScreen
 from .screens.checks import ChecksScreen, load_catalog
 from .screens.commands import LabCommands
 from .screens.dialogs import ChoiceScreen, ConfirmScreen, ErrorScreen, HelpScreen, PromptScreen, QuitScreen, ReplyScreen
+from .screens.lesson import LessonPanel
 from .screens.logs import LogsScreen
 from .screens.nodes import NodesScreen
 from .screens.pods import PodsScreen
@@ -66,6 +67,10 @@ class LabReady(Message):
     def __init__(self, created: bool) -> None:
         super().__init__()
         self.created = created
+
+
+class TutorialChanged(Message):
+    """The tutorial's step, output or check results changed."""
 
 
 class CheckDone(Message):
@@ -102,6 +107,17 @@ class IpsecLabApp(App[str]):
                 tooltip="Quit: leave the lab running (default) or stop it"),
         Binding("ctrl+q", "quit", "Quit now", show=False, priority=True, id="app.quit_now",
                 tooltip="Quit at once; the lab keeps running"),
+        # Tutorial mode only (check_action hides them otherwise); function keys, so that no
+        # screen's own keys shadow them.
+        Binding("f5", "tutorial_do", "Do it", priority=True, id="tutorial.do",
+                tooltip="Tutorial: run this step for real, then its checks"),
+        Binding("f6", "tutorial_check", "Check", priority=True, id="tutorial.check",
+                tooltip="Tutorial: run this step's checks again"),
+        Binding("f7", "tutorial_back", "Back", priority=True, id="tutorial.back", tooltip="Tutorial: the previous step"),
+        Binding("f8", "tutorial_next", "Next", priority=True, id="tutorial.next",
+                tooltip="Tutorial: the next step, once this one's checks passed"),
+        Binding("f9", "tutorial_skip", "Skip", priority=True, id="tutorial.skip",
+                tooltip="Tutorial: move on without passing the checks"),
     ]
 
     def __init__(
@@ -118,8 +134,11 @@ class IpsecLabApp(App[str]):
         initial_mode: str | None = None,
         initial_status: LabStatus | None = None,
         catalog_loader: Callable[[], tuple[list | None, str]] = load_catalog,
+        tutorial=None,
     ) -> None:
         super().__init__()
+        self.tutorial = tutorial  # a tui.tutorial.session.TutorialSession in tutorial mode
+        self.tutorial_busy = ""
         self.backend = backend
         self.lab_name = backend.lab
         self.nodes_wanted = nodes
@@ -741,6 +760,93 @@ class IpsecLabApp(App[str]):
             screen.show_results()
         if screen is not None:
             screen.refresh_bar()
+
+    # ------------------------------------------------------------------ tutorial mode
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action.startswith("tutorial_"):
+            return self.tutorial is not None
+        return True
+
+    def refresh_lesson(self) -> None:
+        for screen in self.screen_stack:
+            for panel in screen.query(LessonPanel):
+                panel.show()
+
+    def on_tutorial_changed(self, message: TutorialChanged) -> None:
+        self.refresh_lesson()
+        self.refresh_now()
+
+    def _tutorial_ready(self) -> bool:
+        if self.tutorial is None:
+            return False
+        if self.tutorial_busy:
+            self.notify(f"busy: {self.tutorial_busy}", severity="warning")
+            return False
+        return True
+
+    def action_tutorial_do(self) -> None:
+        if not self._tutorial_ready():
+            return
+        self.tutorial_busy = f"doing step {self.tutorial.index + 1}"
+        self.refresh_lesson()
+        self._tutorial_worker(True)
+
+    def action_tutorial_check(self) -> None:
+        if not self._tutorial_ready():
+            return
+        self.tutorial_busy = f"checking step {self.tutorial.index + 1}"
+        self.refresh_lesson()
+        self._tutorial_worker(False)
+
+    @work(thread=True, exclusive=True, group="tutorial", exit_on_error=False, name="tutorial step")
+    def _tutorial_worker(self, do_it: bool) -> None:
+        session = self.tutorial
+        reporter = Reporter(lambda e: self.logs.add_event(e, default_source="tutorial"), source="tutorial")
+        try:
+            if do_it:
+                self.log_line("tutorial", f"▶ step {session.index + 1}: {session.step.title}")
+                try:
+                    session.do_it(reporter)
+                except Exception as exc:
+                    session.step_state().error = str(exc)
+                    self.log_line("tutorial", f"✗ {exc}", stream="stderr")
+                    return
+                self.post_message(TutorialChanged())
+                self.tutorial_busy = f"checking step {session.index + 1}"
+                self.post_message(TutorialChanged())
+            results = session.check(reporter)
+            failed = [r.name for r in results if not r.passed]
+            self.log_line("tutorial", f"{'✓' if not failed else '✗'} step {session.index + 1} checks: "
+                          + (", ".join(failed) + " failed" if failed else "passed"))
+        finally:
+            self.tutorial_busy = ""
+            self.post_message(TutorialChanged())
+
+    def _tutorial_move(self, how: str) -> None:
+        if not self._tutorial_ready():
+            return
+        session = self.tutorial
+        if how == "next" and not session.can_next:
+            why = "this is the last step" if session.index == len(session.steps) - 1 else "its checks have not passed yet"
+            self.notify(f"Next is offered once the step is done: {why} (F5 does it)", severity="warning")
+            return
+        getattr(session, how)()
+        self.refresh_lesson()
+
+    def action_tutorial_next(self) -> None:
+        self._tutorial_move("next")
+
+    def action_tutorial_back(self) -> None:
+        self._tutorial_move("back")
+
+    def action_tutorial_skip(self) -> None:
+        self._tutorial_move("skip")
+
+    def action_tutorial_restart(self) -> None:
+        if self.tutorial is None:
+            return
+        self.confirm("Restart the tutorial?", "Your progress on this lab is forgotten; the lab itself stays as it is.",
+                     lambda: self._tutorial_move("restart"), confirm="Restart")
 
     # ------------------------------------------------------------------ app-level actions
     def action_bring_up(self) -> None:

@@ -25,9 +25,13 @@ def run_tui(args: argparse.Namespace) -> int:
     nodes = args.nodes or 3
     LabSpec.build(lab, nodes)  # bad input is a usage error before the screen is taken over
     backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter())
+    tutorial = None
     if getattr(args, "tutorial", False):
-        out.print("ipsec-lab: tutorial mode is not in this build yet; opening the normal app", style="yellow")
-    app = IpsecLabApp(backend, nodes=nodes)
+        from .tutorial.session import TutorialSession  # noqa: PLC0415
+
+        tutorial = TutorialSession(backend)
+    # In tutorial mode deploying is a step of its own, so a new lab starts without pods.
+    app = IpsecLabApp(backend, nodes=nodes, tutorial=tutorial, deploy_replicas=0 if tutorial else 9)
     choice = app.run()
     app._stop.set()
     if choice == "stop":

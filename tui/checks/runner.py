@@ -52,13 +52,20 @@ def run_checks(
     names: Sequence[str] | None = None,
     reporter: Reporter | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
+    *,
+    prepare_workload: bool = True,
 ) -> list[CheckResult]:
-    """Run the selected checks in catalog order; blocking (the TUI calls it from a worker)."""
+    """Run the selected checks in catalog order; blocking (the TUI calls it from a worker).
+
+    With `prepare_workload`, the seed's workload (3 pods per node, a NodePort) is made first if
+    missing; the tutorial turns it off, since deploying is one of its steps.
+    """
     checks = select(names)
     reporter = reporter or Reporter(source="checks")
     ctx = CheckContext(backend, backend.spec(), reporter)
-    with reporter.step("prepare the workload (deploy, expose)"):
-        prepare(backend, reporter)
+    if prepare_workload:
+        with reporter.step("prepare the workload (deploy, expose)"):
+            prepare(backend, reporter)
     results = []
     watch_faults = any(c.name == "no-leak-during-faults" for c in checks)
     try:

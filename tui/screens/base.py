@@ -28,6 +28,10 @@ class LabScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header(icon="⛓")
         yield LabBar(id="labbar")
+        if getattr(self.lab_app, "tutorial", None) is not None:
+            from .lesson import LessonPanel
+
+            yield LessonPanel(classes="lesson")
         yield from self.compose_body()
         yield Footer()
 
@@ -36,6 +40,8 @@ class LabScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.refresh_bar()
+        for panel in self.query("LessonPanel"):
+            panel.show()  # type: ignore[attr-defined]
         if self.lab_app.status is not None:
             self.show_status(self.lab_app.status)
 

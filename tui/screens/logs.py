@@ -13,9 +13,9 @@ from textual.widgets import Label, ProgressBar, RichLog, Select, Static, Switch
 from ..live import LOG_CAP, LogRecord
 from .base import LabScreen
 
-SOURCES = ("provisioning", "charon", "actions", "checks", "app")
+SOURCES = ("provisioning", "charon", "actions", "checks", "tutorial", "app")
 ALL = "all"
-SOURCE_STYLE = {"provisioning": "cyan", "charon": "magenta", "actions": "yellow", "checks": "blue", "app": "green"}
+SOURCE_STYLE = {"provisioning": "cyan", "charon": "magenta", "actions": "yellow", "checks": "blue", "tutorial": "bright_cyan", "app": "green"}
 
 
 def format_record(r: LogRecord, timestamps: bool) -> Text:
