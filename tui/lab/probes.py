@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
-_MARK = "~~ipsec-lab:%{http_code}~~"  # not starting with @: curl reads -w @file
-_SPLIT = re.compile(r"~~ipsec-lab:(\d{3})~~\n?")
+_MARK = "~~ipsec-lab:%{http_code}:%{url_effective}~~"  # not starting with @: curl reads -w @file
+_SPLIT = re.compile(r"~~ipsec-lab:(\d{3}):(\S*?)~~\n?")
 
 
 @dataclass(frozen=True)
@@ -29,23 +29,26 @@ class HttpReply:
         return self.code == 200
 
 
+def curl_argv(urls: Sequence[str], timeout: float = 2.0) -> list[str]:
+    """One curl for many URLs, one after the other; each reply is followed by a marker naming its
+    code and URL. (curl's --parallel would interleave the bodies, so it is not used.)"""
+    return ["curl", "-s", "--connect-timeout", str(min(1.0, timeout)), "-m", str(timeout),
+            "-w", _MARK + "\\n", *urls]
+
+
+def parse_curl(urls: Sequence[str], stdout: str) -> list[HttpReply]:
+    parts = _SPLIT.split(stdout)
+    # parts = [body0, code0, url0, body1, code1, url1, ..., tail]
+    got = [HttpReply(parts[i + 2], int(parts[i + 1]), parts[i].strip()) for i in range(0, len(parts) - 2, 3)]
+    return [got[i] if i < len(got) else HttpReply(u, 0, "") for i, u in enumerate(urls)]
+
+
 def http_get_many(backend: "Backend", node: str, urls: Sequence[str], timeout: float = 2.0) -> list[HttpReply]:
-    """GET each URL from `node` with one curl process; one reply per URL, in order."""
+    """GET each URL from `node` with one curl process; one reply per URL, in the order given."""
     if not urls:
         return []
-    argv = ["curl", "-s", "-m", str(timeout), "-w", _MARK + "\\n"]
-    for u in urls:
-        argv += [u]
-    res = backend.exec(node, argv, timeout=timeout * len(urls) + 10)
-    parts = _SPLIT.split(res.stdout)
-    # parts = [body0, code0, body1, code1, ..., tail]
-    replies = []
-    for i, url in enumerate(urls):
-        if 2 * i + 1 < len(parts):
-            replies.append(HttpReply(url, int(parts[2 * i + 1]), parts[2 * i].strip()))
-        else:
-            replies.append(HttpReply(url, 0, ""))
-    return replies
+    res = backend.exec(node, curl_argv(urls, timeout), timeout=timeout * len(urls) + 10)
+    return parse_curl(urls, res.stdout)
 
 
 def ping(backend: "Backend", node: str, ip: str, count: int = 1, wait: float = 1.0, size: int | None = None,
