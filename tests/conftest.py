@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -60,23 +61,31 @@ def force_down(lab: str) -> None:
     cli("--lab", lab, "down", timeout=60)
 
 
-@pytest.fixture(scope="module")
-def running_lab():
-    """A 3-node lab with 9 bootcamp pods, exposed on a NodePort; torn down even on failure."""
+@contextlib.contextmanager
+def started_lab(prefix: str, nodes: int = 3, replicas: int = 9, node_port: int | None = None):
+    """A real netns lab under a unique name, with the seed's workload; always torn down."""
     from tui.backends.netns import NetnsBackend
+    from tui.lab.model import LabSpec
 
-    name = unique_lab()
+    name = unique_lab(prefix)
     backend = NetnsBackend(name)
     try:
-        from tui.lab.model import LabSpec
-
-        backend.up(LabSpec.build(name, 3))
-        backend.deploy(9)
-        backend.expose(31990)
+        backend.up(LabSpec.build(name, nodes))
+        if replicas:
+            backend.deploy(replicas)
+        if node_port:
+            backend.expose(node_port)
         yield backend
     finally:
         backend.down()
         assert lab_namespaces(name) == []
+
+
+@pytest.fixture(scope="module")
+def running_lab():
+    """A 3-node lab with 9 bootcamp pods, exposed on a NodePort, shared by a module's tests."""
+    with started_lab("t", node_port=31990) as backend:
+        yield backend
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

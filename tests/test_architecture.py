@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_linter_contract_holds():
-    cp = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True, text=True)
+    cp = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=ROOT,
+                        capture_output=True, text=True)
     assert cp.returncode == 0, cp.stdout + cp.stderr
 
 
@@ -22,3 +23,9 @@ def test_headless_modules_load_without_textual():
     )
     cp = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert cp.returncode == 0, cp.stderr
+
+
+def test_no_unused_imports_or_undefined_names():
+    cp = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", "tui", "tests", "bench"], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stdout + cp.stderr

@@ -19,27 +19,18 @@ from tui.checks import catalog
 from tui.checks.base import CheckContext, Outcome
 from tui.checks.runner import run_checks, run_one
 from tui.lab.events import Reporter
-from tui.lab.model import LabSpec
 from tui.lab.proc import ProcRef, stop
 
-from .conftest import cli, lab_namespaces, unique_lab
+from .conftest import cli, lab_namespaces, started_lab, unique_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
 def lab():
-    """A fresh 3-node lab with the seed's workload, for one breakage; always torn down."""
-    name = unique_lab("c")
-    backend = NetnsBackend(name)
-    try:
-        backend.up(LabSpec.build(name, 3))
-        backend.deploy(9)
-        backend.expose(31990)
+    """A fresh 3-node lab with the seed's workload, for one breakage."""
+    with started_lab("c", node_port=31990) as backend:
         yield backend
-    finally:
-        backend.down()
-        assert lab_namespaces(name) == []
 
 
 def check(backend, name):

@@ -5,7 +5,6 @@ One 3-node lab with 9 pods for the module; every test attaches a fresh app to it
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -13,11 +12,10 @@ from textual.widgets import DataTable, Static
 
 from tui.app import IpsecLabApp
 from tui.backends.netns import NetnsBackend
-from tui.lab.model import LabSpec
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen, PromptScreen
 from tui.widgets.matrix import TunnelMatrix
 
-from .conftest import lab_namespaces, unique_lab
+from .conftest import started_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 SIZE = (150, 48)
@@ -25,15 +23,8 @@ SIZE = (150, 48)
 
 @pytest.fixture(scope="module")
 def lab():
-    name = unique_lab("tui")
-    backend = NetnsBackend(name)
-    try:
-        backend.up(LabSpec.build(name, 3))
-        backend.deploy(9)
-        yield name
-    finally:
-        backend.down()
-        assert lab_namespaces(name) == []
+    with started_lab("tui") as backend:
+        yield backend.lab
 
 
 def text_of(app, selector: str) -> str:

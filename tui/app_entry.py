@@ -6,7 +6,6 @@ After the app exits, say plainly whether the lab is still running.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rich.console import Console
 
@@ -51,7 +50,3 @@ def run_tui(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-
-    sys.exit(main())

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -231,7 +231,9 @@ def run_command(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown command {cmd!r}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, run_tui: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """Parse and run one command. `run_tui` opens the TUI; the entry point (tui/__main__.py)
+    passes it in, so this module, like the rest of the headless core, never imports Textual."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -240,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return main_checks(args)
         if args.command is None:
-            from .app_entry import run_tui  # the only path that imports Textual
-
+            if run_tui is None:
+                raise UsageError("the TUI is not available here; give a command (see `ipsec-lab --help`)")
             return run_tui(args)
         return run_command(args)
     except UsageError as exc:

@@ -246,7 +246,7 @@ class NetnsBackend(Backend):
         ns = self.ul_ns
         proc.run(["ip", "netns", "add", ns])
         batch = [
-            f"link set lo up",
+            "link set lo up",
             f"link add {naming.UNDERLAY_BRIDGE} type bridge",
             f"link set {naming.UNDERLAY_BRIDGE} mtu {spec.underlay_mtu}",
             f"addr add {spec.gateway}/{spec.underlay.prefixlen} dev {naming.UNDERLAY_BRIDGE}",
@@ -644,7 +644,7 @@ class NetnsBackend(Backend):
 
     def restart_ipsec(self, node: str) -> None:
         with labstate.lab_lock(self.paths):
-            spec = self._check_node(node)
+            self._check_node(node)
             with self.reporter.step(f"restart strongSwan on {node}", node=node):
                 ref = ProcRef.from_list(self._state["nodes"][node].get("charon"))  # type: ignore[index]
                 # Killed, as a crash (and systemd's Restart=) would: a graceful stop sends DELETEs

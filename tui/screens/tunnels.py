@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 
 from ..lab.status import LabStatus, TunnelStatus
-from ..live import Reachability, fmt_gap, pair_of
+from ..live import Reachability, pair_of
 from ..widgets.matrix import TunnelMatrix, legend, state_style
 from ..widgets.timeline import Timeline, timeline_text
 from .base import LabScreen
