@@ -127,9 +127,17 @@ def test_up_streams_vagrant_output_and_records_the_lab(fake, monkeypatch):
     assert b.machine_states() == {f"kube-node{i}": "running" for i in (1, 2, 3)}
 
     # reboot: `vagrant reload NODE`, streamed; then the node must answer again
-    b.exec = lambda node, argv, **kw: type("R", (), {"ok": True})()  # type: ignore[method-assign]
+    ran: list[tuple[str, list[str]]] = []
+
+    def fake_exec(node, argv, **kw):
+        ran.append((node, list(argv)))
+        return type("R", (), {"ok": True, "stdout": "", "stderr": "", "returncode": 0})()
+
+    b.exec = fake_exec  # type: ignore[method-assign]
     b.reboot("kube-node2")
     assert calls(fake)[-1]["argv"] == ["reload", "kube-node2", "--machine-readable"]
+    # Back up, kube-node2 starts the connection it only answers (to kube-node1): INITIAL_CONTACT.
+    assert ran[-1][0] == "kube-node2" and "swanctl --initiate --child mesh-left" in ran[-1][1][-1]
     assert "Halting domain..." in [e.text for e in rec.lines(node="kube-node2")]
 
     removed = b.down()

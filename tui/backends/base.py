@@ -11,6 +11,20 @@ from ..lab.proc import Result
 from ..lab.status import LabStatus
 
 
+def announce_script(spec: LabSpec, node: str) -> str | None:
+    """A shell line that starts, at once, the connections `node` only answers.
+
+    Run after its IPsec daemon restarted or it rebooted: the peers still hold SAs with the old
+    daemon, and the INITIAL_CONTACT these initiations carry makes them drop those at once,
+    instead of after dead peer detection. (The lower-numbered end of each pair starts the
+    others by itself, per swanctl.conf.) None when the node answers no connection.
+    """
+    passive = [t.name for t in spec.tunnels_of(node) if not t.initiator]
+    if not passive:
+        return None
+    return " ".join(f"swanctl --initiate --child {c} --timeout 5 >/dev/null 2>&1 &" for c in passive) + " wait"
+
+
 class Backend(abc.ABC):
     """One lab on one backend. Methods raise LabError (one clear line) on failure."""
 

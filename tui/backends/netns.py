@@ -37,7 +37,7 @@ from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Node, Pod, Service, 
 from ..lab.proc import ProcRef, Result
 from ..lab.status import LabStatus, NodeStatus
 from ..lab.vici_status import list_sas, tunnel_statuses
-from .base import Backend
+from .base import Backend, announce_script
 
 CHARON = "/usr/lib/ipsec/charon"
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -365,12 +365,11 @@ class NetnsBackend(Backend):
             self.reporter.line(line, node=node, source="provisioning")
         if not load.ok:
             raise LabError(f"swanctl --load-all failed on {node}: {proc.last_line(load.stderr or load.stdout)}")
-        if announce:
-            passive = [t.name for t in self.spec().tunnels_of(node) if not t.initiator]
-            if passive:
-                script = " ".join(f"swanctl --initiate --child {c} --timeout 5 >/dev/null 2>&1 &" for c in passive) + " wait"
-                self.exec(node, ["sh", "-c", script], timeout=15)
-                self.reporter.line(f"initiated {', '.join(passive)} (INITIAL_CONTACT to the peers)", node=node)
+        script = announce_script(self.spec(), node) if announce else None
+        if script:
+            self.exec(node, ["sh", "-c", script], timeout=15)
+            self.reporter.line("initiated the connections this node only answers (INITIAL_CONTACT to the peers)",
+                               node=node)
 
     def _log_tail(self, node: str, n: int) -> str:
         try:

@@ -43,7 +43,7 @@ from ..lab.proc import Result
 from ..lab.status import LabStatus, NodeStatus, TunnelStatus
 from ..lab.vici_status import tunnel_statuses
 from . import vagrant_support as vs
-from .base import Backend
+from .base import Backend, announce_script
 
 DATAPATH = "kernel-xfrm"
 TUNNEL_WAIT_S = float(os.environ.get("IPSEC_LAB_VAGRANT_TUNNEL_WAIT", "300"))
@@ -428,7 +428,16 @@ class VagrantBackend(Backend):
         return " ".join(cmd)
 
     def restart_ipsec(self, node: str) -> None:
-        self._node_cmd(node, ["systemctl", "restart", "strongswan.service"], f"restart strongSwan on {node}")
+        # As on netns: killed (a graceful stop's DELETEs make every peer re-initiate while the
+        # new daemon does, leaving duplicate IKE SAs), started again, then it announces itself.
+        script = "systemctl kill -s SIGKILL strongswan.service; systemctl restart strongswan.service"
+        self._node_cmd(node, ["sh", "-c", script], f"restart strongSwan on {node}")
+        self._announce(node)
+
+    def _announce(self, node: str) -> None:
+        script = announce_script(self.spec(), node)
+        if script:
+            self._node_cmd(node, ["sh", "-c", script], f"initiate {node}'s answering connections", timeout=20)
 
     def reboot(self, node: str) -> None:
         self.spec().node(node)
@@ -446,6 +455,7 @@ class VagrantBackend(Backend):
                 if time.monotonic() > deadline:
                     raise LabError(f"{node} did not answer over SSH within 300 s of its reboot")
                 time.sleep(2.0)
+            self._announce(node)
 
     def set_underlay_link(self, node: str, up: bool) -> None:
         spec = self.spec()
