@@ -16,6 +16,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_lab.py $(BENCH_ARGS)
+	$(PY) bench/bench_checks.py
+	$(PY) bench/bench_tui.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

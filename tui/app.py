@@ -877,7 +877,7 @@ class IpsecLabApp(App[str]):
         md += ["## Keys on this screen", "", "| key | action | what it does |", "|---|---|---|"]
         seen = set()
         for b in (screen.BINDINGS if screen else []) + self.BINDINGS:
-            if not isinstance(b, Binding) or b.key in seen:
+            if not isinstance(b, Binding) or b.key in seen or self.check_action(b.action, ()) is False:
                 continue
             seen.add(b.key)
             key = b.key_display or b.key.replace("question_mark", "?")
