@@ -92,14 +92,18 @@ def node_context(
 
 
 def render_node(spec: LabSpec, node: Node, **kwargs) -> dict[str, RenderedFile]:
-    env = environment()
     ctx = node_context(spec, node, **kwargs)
+    return _render_files(environment(), ctx, NODE_FILES, node.name)
+
+
+def _render_files(env: jinja2.Environment, ctx: dict, files: dict[str, tuple[str, int]], node: str) -> dict[str, RenderedFile]:
+    """role -> (template, mode), all rendered in memory; a template error names its file and node."""
     out = {}
-    for role, (template, mode) in NODE_FILES.items():
+    for role, (template, mode) in files.items():
         try:
             content = env.get_template(template).render(ctx)
         except jinja2.TemplateError as exc:
-            raise LabError(f"template {template} failed for {node.name}: {exc}") from None
+            raise LabError(f"template {template} failed for {node}: {exc}") from None
         out[role] = RenderedFile(role, content, mode)
     return out
 
@@ -155,11 +159,5 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         api_address=first.cni0_ip,
         install_paths={role: dest for role, (_t, _m, dest) in VM_FILES.items()},
     )
-    out = {}
-    for role, (template, mode, _dest) in VM_FILES.items():
-        try:
-            content = env.get_template(template).render(ctx)
-        except jinja2.TemplateError as exc:
-            raise LabError(f"template {template} failed for {node.name}: {exc}") from None
-        out[role] = RenderedFile(role, content, mode)
-    return out
+    return _render_files(env, ctx, {role: (template, mode) for role, (template, mode, _dest) in VM_FILES.items()},
+                         node.name)

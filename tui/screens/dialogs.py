@@ -43,7 +43,20 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class ErrorScreen(ModalScreen[None]):
+class MessageScreen(ModalScreen[None]):
+    """A message with one Close button (focused); escape, enter or q close it too."""
+
+    def on_mount(self) -> None:
+        self.query_one("#close", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ErrorScreen(MessageScreen):
     BINDINGS = [Binding("escape,enter,q", "close", "Close", id="error.close", tooltip="Close this message")]
 
     def __init__(self, title: str, message: str) -> None:
@@ -59,14 +72,6 @@ class ErrorScreen(ModalScreen[None]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="primary", id="close")
 
-    def on_mount(self) -> None:
-        self.query_one("#close", Button).focus()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(None)
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
 
 class PromptScreen(ModalScreen["str | None"]):
@@ -117,7 +122,7 @@ class ChoiceScreen(ModalScreen["str | None"]):
         self.dismiss(None)
 
 
-class ReplyScreen(ModalScreen[None]):
+class ReplyScreen(MessageScreen):
     """Shows what a command answered (curl from a node, and the like)."""
 
     BINDINGS = [Binding("escape,enter,q", "close", "Close", id="reply.close", tooltip="Close this message")]
@@ -133,14 +138,6 @@ class ReplyScreen(ModalScreen[None]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="primary", id="close")
 
-    def on_mount(self) -> None:
-        self.query_one("#close", Button).focus()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(None)
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
 
 class QuitScreen(ModalScreen["str | None"]):
