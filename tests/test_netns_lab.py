@@ -176,3 +176,36 @@ def test_ssh_opens_a_shell_on_the_node(running_lab):
                         input="ip -o -4 addr show dev cni0; swanctl --list-conns | head -1; exit 0\n")
     assert cp.returncode == 0, cp.stderr
     assert "10.128.2.1/24" in cp.stdout and "mesh-left" in cp.stdout
+
+
+def test_a_booting_node_never_routes_pod_traffic_in_clear(running_lab):
+    """Between the node's network coming up and its boot script, pod traffic must not leak."""
+    import time
+
+    from tui.lab import pcap
+
+    handle = running_lab.start_capture("boot-window")
+    stop = time.monotonic() + 3
+    try:
+        import threading
+
+        def hammer():  # ping node1's cni0 from node2 over and over while node2 reboots
+            while time.monotonic() < stop:
+                try:
+                    running_lab.exec("kube-node2", ["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.128.1.1"], timeout=5)
+                except Exception:
+                    pass
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        running_lab.reboot("kube-node2")
+        for t in threads:
+            t.join()
+    finally:
+        path = running_lab.stop_capture(handle)
+    s = pcap.summarize(path, running_lab.spec().pod_supernet)
+    assert s.cleartext_pod == 0, s.examples
+    assert s.esp > 0
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after the reboot")

@@ -300,6 +300,9 @@ class NetnsBackend(Backend):
                 "link set lo up",
                 f"link set {naming.NODE_UNDERLAY_IF} mtu {spec.underlay_mtu}",
                 f"addr add {node.underlay_ip}/{spec.underlay.prefixlen} dev {naming.NODE_UNDERLAY_IF}",
+                # The cleartext guard goes in before the default route: anything sent to a pod
+                # between here and the boot script (which sets it too) would leave in clear.
+                f"route add unreachable {spec.pod_supernet}",
                 f"link set {naming.NODE_UNDERLAY_IF} up",
                 f"route add default via {spec.gateway}",
             ])
