@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,10 +25,6 @@ from tui.backends.netns import NetnsBackend  # noqa: E402
 from tui.lab import naming, probes  # noqa: E402
 from tui.lab.model import LabSpec  # noqa: E402
 
-PING_INTERVAL = 0.01
-_TS = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
-
-
 def all_pods_answer(lab: NetnsBackend) -> bool:
     pods = lab.status().pods
     replies = probes.http_get_many(lab, "kube-node1", [f"http://{p.ip}:8080" for p in pods], timeout=1)
@@ -38,22 +32,17 @@ def all_pods_answer(lab: NetnsBackend) -> bool:
 
 
 def measure_gap(lab: NetnsBackend, target_ip: str, fault, window: float = 4.0) -> tuple[float, float]:
-    """(gap seconds, fault command seconds)."""
-    argv = lab.node_argv("kube-node1", ["ping", "-n", "-D", "-i", str(PING_INTERVAL), "-W", "0.5",
-                                        "-w", str(int(window) + 1), target_ip])
-    ping = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    fault()
-    took = time.monotonic() - t0
-    time.sleep(max(0.0, window - 0.5 - took))
-    ping.terminate()
-    out, _ = ping.communicate(timeout=10)
-    stamps = [float(m.group(1)) for m in map(_TS.match, out.splitlines()) if m]
-    if len(stamps) < 2:
-        return float("inf"), took
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return max(0.0, max(gaps) - PING_INTERVAL), took
+    """(gap seconds, fault command seconds), from the same ping loop the recovery checks use."""
+    loop = probes.PingLoop(lab, "kube-node1", target_ip, max_seconds=window + 1)
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        fault()
+        took = time.monotonic() - t0
+        time.sleep(max(0.0, window - 0.5 - took))
+    finally:
+        loop.stop()
+    return loop.gap(), took
 
 
 def bench(nodes: int) -> dict:
