@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Step 2 of 4 on every node (the seed's cni-provision.sh): the pod network and the IPsec mesh,
 # from the files ipsec-lab rendered for this node from the same templates as the netns lab.
-#   - the CNI config (host-local, dataDir under /run), the boot unit (cni0, cleartext guard,
-#     XFRM interfaces, FORWARD rules) ordered before strongSwan and kubelet
+#   - the CNI config (host-local, dataDir under /run), the guard unit (the cleartext guard route,
+#     before any network comes up), the boot unit (cni0, cleartext guard, XFRM interfaces,
+#     FORWARD rules) ordered before strongSwan and kubelet
 #   - strongSwan as charon-systemd managed by swanctl, route-based with XFRM interfaces (if_id),
 #     ordered before kubelet
 # It runs before kubeadm (the seed ran it last): kubelet reaches the API server over the mesh.
@@ -37,8 +38,8 @@ while IFS=$'\t' read -r role mode dest; do
 done < "$FILES/manifest.tsv"
 
 systemctl daemon-reload
-systemctl enable ipsec-lab-boot.service strongswan.service >/dev/null 2>&1
-systemctl restart ipsec-lab-boot.service
+systemctl enable ipsec-lab-guard.service ipsec-lab-boot.service strongswan.service >/dev/null 2>&1
+systemctl restart ipsec-lab-guard.service ipsec-lab-boot.service
 systemctl restart strongswan.service
 ip -br link show type xfrm
 swanctl --list-conns | grep -E '^[a-z]' || true

@@ -122,6 +122,7 @@ VM_FILES: dict[str, tuple[str, int, str]] = {
     "swanctl.conf": ("swanctl.conf.j2", 0o600, "/etc/swanctl/swanctl.conf"),
     "10-ipsec-lab.conflist": ("10-ipsec-lab.conflist.j2", 0o644, "/etc/cni/net.d/10-ipsec-lab.conflist"),
     "node-boot.sh": ("node-boot.sh.j2", 0o755, "/usr/local/sbin/ipsec-lab-node-boot"),
+    "ipsec-lab-guard.service": ("ipsec-lab-guard.service.j2", 0o644, "/etc/systemd/system/ipsec-lab-guard.service"),
     "ipsec-lab-boot.service": ("ipsec-lab-boot.service.j2", 0o644, "/etc/systemd/system/ipsec-lab-boot.service"),
     "strongswan-order.conf": ("strongswan-order.conf.j2", 0o644,
                               "/etc/systemd/system/strongswan.service.d/10-ipsec-lab.conf"),
