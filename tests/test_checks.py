@@ -21,7 +21,7 @@ from tui.checks.runner import run_checks, run_one
 from tui.lab.events import Reporter
 from tui.lab.proc import ProcRef, stop
 
-from .conftest import cli, lab_namespaces, started_lab, unique_lab
+from .conftest import cli, lab_namespaces, started_lab, unique_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
@@ -59,9 +59,15 @@ def sh(backend, node, script):
 
 
 def edit_swanctl(backend, node, fn):
+    """Change a node's swanctl.conf and restart its daemon, so that every SA is made under it.
+
+    `swanctl --load-all` on a live daemon is no substitute: it terminates the changed children,
+    the peers re-initiate them (close_action = start), and the pair ends up with duplicate IKE SAs
+    still under the old config. In CI one of those brought a tunnel back that the edit had doomed.
+    """
     path = backend.paths.node_etc(node) / "swanctl" / "swanctl.conf"
     path.write_text(fn(path.read_text()))
-    sh(backend, node, "swanctl --load-all --noprompt >/dev/null")
+    backend.restart_ipsec(node)
 
 
 # -- the whole suite, headless, as CI runs it ------------------------------------------------
@@ -239,6 +245,8 @@ def test_recover_underlay_outage_fails_with_the_default_keyingtries(lab, monkeyp
     # The field notes' trap: keyingtries=1 ends the tunnel for good after a long outage.
     for node in ("kube-node1", "kube-node2"):
         edit_swanctl(lab, node, lambda c: c.replace("keyingtries = 0", "keyingtries = 1"))
+    wait_for(lambda: check(lab, "tunnels-established").outcome is Outcome.PASSED, timeout=30,
+             interval=0.5, what="the mesh under keyingtries = 1")
     # DPD (2 s) + a retransmit sequence (about 7 s) + one restart attempt (about 7 s): the peers
     # give up about 16 s into the outage; 30 s is safely past that.
     monkeypatch.setattr(catalog, "OUTAGE_S", 30.0)
