@@ -260,3 +260,26 @@ def test_pcap_merge(tmp_path):
         payloads.append(data[off + 16:off + 16 + incl])
         off += 16 + incl
     assert payloads == [b"b0", b"a1", b"b1", b"a2"]
+
+
+def test_failed_ssh_handshake_is_one_line_and_nothing_on_stderr():
+    """paramiko logs a failed handshake with a traceback from its transport thread; outside pytest's
+    log capture that lands on stderr, over the TUI. Run where nothing captures logging."""
+    import subprocess
+    import sys
+
+    script = (
+        "from tui.backends import vagrant_support as vs\n"
+        "from tui.lab.errors import LabError\n"
+        "text = 'Host kube-node1\\n  HostName 192.0.2.1\\n  User root\\n  ProxyCommand true\\n'\n"
+        "shells = vs.NodeShells(lambda node: text, connect_timeout=3)\n"
+        "try:\n"
+        "    shells.run('kube-node1', ['true'])\n"
+        "except LabError as e:\n"
+        "    print(e)\n"
+        "shells.close()\n"
+        "import time; time.sleep(0.5)\n"
+    )
+    cp = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert cp.stdout.startswith("cannot reach kube-node1 over SSH: ProxyCommandFailure") and cp.stdout.count("\n") == 1
+    assert cp.stderr == ""

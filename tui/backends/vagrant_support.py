@@ -12,6 +12,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets as pysecrets
@@ -478,6 +479,16 @@ def ssh_host_alias(ssh_config: str) -> str:
     raise LabError("vagrant ssh-config printed no Host entry")
 
 
+def _quiet_paramiko() -> None:
+    """paramiko's transport thread logs a failed handshake with a traceback; with no handler set,
+    Python's last-resort handler writes it to stderr, over the TUI. The same failure reaches the
+    user as one LabError line ("cannot reach NODE over SSH: ..."), so its log goes nowhere."""
+    log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+    log.propagate = False
+
+
 class NodeShells:
     """Fabric connections to the nodes, built from `vagrant ssh-config NODE`, one per node, reused.
 
@@ -499,6 +510,7 @@ class NodeShells:
         import fabric
         import paramiko
 
+        _quiet_paramiko()
         with self._node_lock(node):
             conn = self._conns.get(node)
             if conn is not None and conn.is_connected:
