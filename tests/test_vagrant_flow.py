@@ -281,5 +281,6 @@ def test_failed_ssh_handshake_is_one_line_and_nothing_on_stderr():
         "import time; time.sleep(0.5)\n"
     )
     cp = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=ROOT)
-    assert cp.stdout.startswith("cannot reach kube-node1 over SSH: ProxyCommandFailure") and cp.stdout.count("\n") == 1
+    # Which paramiko error wins the race (ProxyCommandFailure, "No existing session") varies.
+    assert cp.stdout.startswith("cannot reach kube-node1 over SSH: ") and cp.stdout.count("\n") == 1
     assert cp.stderr == ""
