@@ -446,6 +446,8 @@ class IpsecLabApp(App[str]):
                      pair: tuple[str, str] | None, inject: Callable[[], str], label: str) -> str:
         results: dict = {}
         started, injected = threading.Event(), threading.Event()
+        # Shown in the events list until the summary replaces it: the gap is too short to see live.
+        self.last_fault = f"{label}: under way; watching strongSwan and pinging across the pair (about 3 s)"
 
         def on_status(st: LabStatus) -> None:
             now = self.clock()
