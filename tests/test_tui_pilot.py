@@ -158,3 +158,23 @@ async def test_a_failing_action_shows_an_error_and_the_app_keeps_running(lab):
         seen = app.status_at
         await until(pilot, lambda: app.status_at > seen, 5, "a fresh status after the error")
         assert app.busy is None
+
+
+@pytest.mark.timeout(60)
+async def test_a_status_that_arrives_while_a_screen_is_torn_down_does_not_crash_the_app(lab):
+    # Seen once in CI at the end of the tutorial walk: a queued StatusUpdated reached the Tunnels
+    # screen after its widgets were gone, and query_one raised NoMatches out of the app.
+    from tui.app import StatusUpdated
+
+    app = new_app(lab)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.status is not None, 15, "a first status")
+        await pilot.press("2")
+        await until(pilot, lambda: app.current_mode == "tunnels", 5, "tunnels screen")
+        await app.screen.query_one(TunnelMatrix).remove()
+        app.post_message(StatusUpdated(app.status, time.monotonic()))
+        await pilot.pause(0.2)
+        app._tick()
+        assert app.is_running
+        app.exit()
+        app.post_message(StatusUpdated(app.status, time.monotonic()))

@@ -7,6 +7,7 @@ renders the active screen from the latest LabStatus.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import subprocess
@@ -20,6 +21,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -330,22 +332,38 @@ class IpsecLabApp(App[str]):
                 return screen
         return None
 
-    def _render_active(self) -> None:
+    def _paintable_screen(self) -> LabScreen | None:
         screen = self.active_lab_screen()
-        if screen is None or not screen.is_mounted:
+        # is_attached is False once the app exits: queued status messages still arrive then.
+        if screen is None or not screen.is_mounted or not screen.is_attached:
+            return None
+        return screen
+
+    def _render_active(self) -> None:
+        screen = self._paintable_screen()
+        if screen is None:
             return
         t0 = time.perf_counter()
-        if self.status is not None:
-            screen.show_status(self.status)
-        screen.refresh_bar()
+        try:
+            if self.status is not None:
+                screen.show_status(self.status)
+            screen.refresh_bar()
+        except NoMatches:
+            # The screen is still composing or already being torn down (a mode switch, the app
+            # exiting; seen once at exit in CI). The next status paints it again.
+            return
         self.render_ms = (time.perf_counter() - t0) * 1000
 
     def _tick(self) -> None:
-        screen = self.active_lab_screen()
-        if screen is not None and screen.is_mounted:
+        screen = self._paintable_screen()
+        if screen is None:
+            return
+        try:
             screen.refresh_bar()
             if isinstance(screen, TunnelsScreen) and self.status is not None:
                 screen.render_panels(self.status)
+        except NoMatches:
+            return  # as in _render_active
 
     def status_age_text(self) -> str:
         if not self.status_at:
@@ -757,11 +775,12 @@ class IpsecLabApp(App[str]):
         else:
             self.check_results[message.result.name] = message.result
             self.checks_pending.discard(message.result.name)
-        screen = self.active_lab_screen()
-        if isinstance(screen, ChecksScreen):
-            screen.show_results()
+        screen = self._paintable_screen()
         if screen is not None:
-            screen.refresh_bar()
+            with contextlib.suppress(NoMatches):  # composing or torn down: see _render_active
+                if isinstance(screen, ChecksScreen):
+                    screen.show_results()
+                screen.refresh_bar()
 
     # ------------------------------------------------------------------ tutorial mode
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -772,7 +791,9 @@ class IpsecLabApp(App[str]):
     def refresh_lesson(self) -> None:
         for screen in self.screen_stack:
             for panel in screen.query(LessonPanel):
-                panel.show()
+                if panel.is_attached:
+                    with contextlib.suppress(NoMatches):  # a panel still composing: shown on mount
+                        panel.show()
 
     def on_tutorial_changed(self, message: TutorialChanged) -> None:
         self.refresh_lesson()
