@@ -332,38 +332,38 @@ class IpsecLabApp(App[str]):
                 return screen
         return None
 
-    def _paintable_screen(self) -> LabScreen | None:
+    def _paint(self, paint: Callable[[LabScreen], object]) -> bool:
+        """Run `paint` on the active lab screen, if that screen can be painted now.
+
+        Status and check messages queued by threads still arrive while a screen composes (after a
+        mode switch) or is torn down (the app exiting: seen once in CI). Its widgets are missing
+        then (NoMatches); the next message paints it again."""
         screen = self.active_lab_screen()
-        # is_attached is False once the app exits: queued status messages still arrive then.
         if screen is None or not screen.is_mounted or not screen.is_attached:
-            return None
-        return screen
+            return False
+        try:
+            paint(screen)
+        except NoMatches:
+            return False
+        return True
 
     def _render_active(self) -> None:
-        screen = self._paintable_screen()
-        if screen is None:
-            return
         t0 = time.perf_counter()
-        try:
-            if self.status is not None:
-                screen.show_status(self.status)
-            screen.refresh_bar()
-        except NoMatches:
-            # The screen is still composing or already being torn down (a mode switch, the app
-            # exiting; seen once at exit in CI). The next status paints it again.
-            return
-        self.render_ms = (time.perf_counter() - t0) * 1000
+        if self._paint(self._show_status):
+            self.render_ms = (time.perf_counter() - t0) * 1000
+
+    def _show_status(self, screen: LabScreen) -> None:
+        if self.status is not None:
+            screen.show_status(self.status)
+        screen.refresh_bar()
 
     def _tick(self) -> None:
-        screen = self._paintable_screen()
-        if screen is None:
-            return
-        try:
-            screen.refresh_bar()
-            if isinstance(screen, TunnelsScreen) and self.status is not None:
-                screen.render_panels(self.status)
-        except NoMatches:
-            return  # as in _render_active
+        self._paint(self._tick_screen)
+
+    def _tick_screen(self, screen: LabScreen) -> None:
+        screen.refresh_bar()
+        if isinstance(screen, TunnelsScreen) and self.status is not None:
+            screen.render_panels(self.status)
 
     def status_age_text(self) -> str:
         if not self.status_at:
@@ -775,12 +775,12 @@ class IpsecLabApp(App[str]):
         else:
             self.check_results[message.result.name] = message.result
             self.checks_pending.discard(message.result.name)
-        screen = self._paintable_screen()
-        if screen is not None:
-            with contextlib.suppress(NoMatches):  # composing or torn down: see _render_active
-                if isinstance(screen, ChecksScreen):
-                    screen.show_results()
-                screen.refresh_bar()
+        self._paint(self._show_check_results)
+
+    def _show_check_results(self, screen: LabScreen) -> None:
+        if isinstance(screen, ChecksScreen):
+            screen.show_results()
+        screen.refresh_bar()
 
     # ------------------------------------------------------------------ tutorial mode
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
