@@ -1,23 +1,20 @@
-# The two commands a new user needs: `make lab` (the TUI on a netns lab) and `make test`.
-# Both run `setup` first, which installs Debian packages and .venv idempotently.
-.PHONY: setup lab test bench lint clean
-
-VENV := .venv
-PY := $(VENV)/bin/python
+# Shortcuts for those who have make; the README's two commands are scripts/lab and scripts/test,
+# which a bare machine without make runs as well.
+.PHONY: setup lab test bench clean
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh --test
 
-lab: setup
-	$(VENV)/bin/ipsec-lab
+lab:
+	@scripts/lab
 
-test: setup
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+test:
+	@scripts/test $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) bench/bench_lab.py $(BENCH_ARGS)
-	$(PY) bench/bench_checks.py
-	$(PY) bench/bench_tui.py
+	.venv/bin/python bench/bench_lab.py $(BENCH_ARGS)
+	.venv/bin/python bench/bench_checks.py
+	.venv/bin/python bench/bench_tui.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf .venv .pytest_cache

@@ -1,28 +1,51 @@
 #!/usr/bin/env bash
-# Installs everything ipsec-lab needs on a Debian/Ubuntu machine, idempotently:
-# the Debian packages (strongSwan, CNI plugins, iproute2, iptables, tcpdump, ...) and
-# a virtual environment at .venv with the project installed in editable mode.
-# Safe to run again: it installs only what is missing and rebuilds the venv only
-# when pyproject.toml changed.
+# Installs everything ipsec-lab needs on a Debian/Ubuntu machine, idempotently, from nothing but
+# the distribution's packages and PyPI: nothing may rely on what a machine happens to have.
+#
+#   scripts/setup.sh          the lab, the checks and the TUI (what `scripts/lab` needs)
+#   scripts/setup.sh --test   also what the test suite needs (what `scripts/test` needs)
+#
+# Safe to run again: it installs only what is missing and rebuilds .venv only when
+# pyproject.toml (or the wanted extras) changed. The fresh-machine test (tests/test_fresh_machine.py)
+# runs this script in a minimal Debian root, so a package missing here fails the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+profile=lab
+case "${1:-}" in
+    "") ;;
+    --test) profile=test ;;
+    *) echo "setup: unknown option '$1' (use --test for the test suite's packages)" >&2; exit 3 ;;
+esac
+
 if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: run as root (e.g. 'sudo make setup'): it installs Debian packages and the lab needs root" >&2
+    echo "setup: run as root: it installs Debian packages, and the lab needs root (namespaces, mounts)" >&2
     exit 1
 fi
 
-DEBIAN_PACKAGES=(
-    strongswan-charon strongswan-swanctl libcharon-extra-plugins strongswan-starter
-    containernetworking-plugins iproute2 iptables tcpdump curl iputils-ping procps
-    util-linux tmux python3 python3-venv
-    # the Vagrant backend's tests: `vagrant validate` for both providers, shellcheck, and a real
-    # OpenSSH server inside a netns node for the Fabric layer
-    vagrant vagrant-libvirt shellcheck openssh-server
+# What the lab, the checks and the TUI run. Keep in step with tui/lab/preflight.py, which names
+# the same packages when something is missing.
+LAB_PACKAGES=(
+    # strongSwan: the daemon, swanctl, the seed's `ipsec` command, and the plugins the rendered
+    # strongswan.conf loads: openssl (standard-plugins) and kernel-libipsec (extra-plugins)
+    strongswan-charon strongswan-swanctl strongswan-starter
+    libstrongswan-standard-plugins libcharon-extra-plugins
+    # the CNI plugins (bridge, host-local, loopback) and what the node scripts and checks call
+    containernetworking-plugins iproute2 iptables tcpdump curl iputils-ping procps util-linux mount
+    # the Python the app runs on, and the trust store pip needs
+    python3 python3-venv ca-certificates
+)
+# What only the tests use: the TUI test drives the app in tmux, the Vagrant backend's tests run
+# `vagrant validate` and a real sshd, and the fresh-machine test builds a Debian root.
+TEST_PACKAGES=(
+    tmux vagrant vagrant-libvirt shellcheck openssh-server mmdebstrap git
 )
 
+wanted=("${LAB_PACKAGES[@]}")
+[ "$profile" = test ] && wanted+=("${TEST_PACKAGES[@]}")
+
 missing=()
-for pkg in "${DEBIAN_PACKAGES[@]}"; do
+for pkg in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
@@ -35,18 +58,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # policy-rc.d keeps package scripts from starting any daemon on this host.
     had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
     if [ "$had_policy" -eq 0 ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
-    if [ "$had_policy" -eq 0 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    trap '[ "$had_policy" -eq 0 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
+extras=""; [ "$profile" = test ] && extras="[test]"
 stamp=.venv/.ipsec-lab-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $profile"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# A venv made for the tests serves the lab too.
+ok=0
+if [ -x .venv/bin/python ]; then
+    [ "$have" = "$want" ] && ok=1
+    [ "$profile" = lab ] && [ "$have" = "${want% lab} test" ] && ok=1
+fi
+if [ "$ok" -eq 0 ]; then
     echo "setup: creating the virtual environment in .venv"
+    rm -rf .venv
     "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e ".$extras"
     echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv/bin/ipsec-lab)"
