@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import string
 import subprocess
 import sys
@@ -23,13 +22,13 @@ def unique_lab(prefix: str = "t") -> str:
 
 
 def can_run_labs() -> str | None:
+    from tui.lab import preflight
+
     if os.geteuid() != 0:
         return "lab tests need root"
-    for tool in ("ip", "iptables", "swanctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (run `make setup`)"
-    if not os.path.exists("/usr/lib/ipsec/charon") or not os.path.exists("/usr/lib/cni/bridge"):
-        return "strongSwan or the CNI plugins are not installed (run `make setup`)"
+    gaps = preflight.missing([*preflight.check_programs(), *preflight.check_files()])
+    if gaps:
+        return gaps[0].line()
     return None
 
 

@@ -89,7 +89,7 @@ def test_vm_files_share_the_netns_templates():
 
 @pytest.mark.timeout(60)
 def test_provisioning_scripts_pass_shellcheck(tmp_path):
-    assert shutil.which("shellcheck"), "shellcheck is not installed (run `make setup`)"
+    assert shutil.which("shellcheck"), "shellcheck is not installed (run `scripts/setup.sh --test`)"
     scripts = sorted(str(p) for p in (ROOT / "provisioning").glob("*.sh"))
     assert len(scripts) == 4
     cp = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
@@ -124,7 +124,7 @@ def test_vagrant_validate(prepared, provider):
     """Vagrant's own validator on the real Vagrantfile and a spec written by the Python side.
     virtualbox: VirtualBox cannot be installed here; a stand-in VBoxManage (fixtures/vagrant/bin)
     only reports a version so that Vagrant's virtualbox provider agrees to validate."""
-    assert shutil.which("vagrant"), "vagrant is not installed (run `make setup`)"
+    assert shutil.which("vagrant"), "vagrant is not installed (run `scripts/setup.sh --test`)"
     tmp, files, vspec = prepared
     cp = validate(tmp, files.spec_file, provider)
     assert cp.returncode == 0, cp.stdout + cp.stderr

@@ -97,7 +97,7 @@ class Sshd:
 @pytest.fixture(scope="module")
 def ssh_lab(tmp_path_factory):
     if shutil.which("ssh-keygen") is None or not os.path.exists(SSHD):
-        pytest.fail("openssh-server is not installed (run `make setup`)")
+        pytest.fail("openssh-server is not installed (run `scripts/setup.sh --test`)")
     from tui.backends.netns import NetnsBackend
     from tui.backends.vagrant import VagrantBackend
 

@@ -12,8 +12,9 @@ from rich.console import Console
 from .backends.registry import get_backend
 from .cli import lab_backend_name
 from .exitcodes import ExitCode
+from .lab import preflight
 from .lab.events import Reporter
-from .lab.model import LabSpec
+from .lab.model import LabSpec, node_count
 
 
 def run_tui(args: argparse.Namespace) -> int:
@@ -21,9 +22,11 @@ def run_tui(args: argparse.Namespace) -> int:
 
     out = Console(highlight=False)
     lab = args.lab
-    nodes = args.nodes or 3
+    nodes = node_count(args.nodes)
     LabSpec.build(lab, nodes)  # bad input is a usage error before the screen is taken over
     backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter())
+    if not backend.exists():
+        preflight.require(backend.doctor())  # a missing package is one line before the screen is taken
     tutorial = None
     if getattr(args, "tutorial", False):
         from .tutorial.session import TutorialSession  # noqa: PLC0415

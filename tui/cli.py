@@ -20,8 +20,9 @@ from .backends.base import Backend
 from .backends.registry import BACKENDS, get_backend
 from .exitcodes import ExitCode
 from .lab.errors import LabError, UsageError
+from .lab import preflight
 from .lab.events import Event, OutputLine, Reporter, StepFinished, StepStarted
-from .lab.model import LabSpec
+from .lab.model import LabSpec, node_count
 from .lab.state import list_labs
 
 out = Console(highlight=False, soft_wrap=True)
@@ -65,6 +66,8 @@ def build_parser() -> ArgumentParser:
     st = sub.add_parser("status", help="nodes, tunnels (from strongSwan over vici), pods and services")
     st.add_argument("--json", action="store_true", help="machine-readable")
     sub.add_parser("labs", help="list the labs that are up on this machine")
+    doc = sub.add_parser("doctor", help="check that this machine has every package a lab needs")
+    doc.add_argument("--install", action="store_true", help="apt-get install the missing Debian packages")
     ex = sub.add_parser("exec", help="run a command on a node: exec NODE -- CMD...")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
@@ -151,6 +154,37 @@ def print_status(status, console: Console) -> None:
         console.print(f"service {s.name}: {s.type} port {s.port} node port {s.node_port}")
 
 
+def print_findings(findings: Sequence[preflight.Finding], console: Console) -> None:
+    t = Table(title="what a new lab needs on this machine", title_justify="left")
+    for col in ("", "KIND", "NAME", "DEBIAN PACKAGE"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("WHERE", overflow="fold")
+    for f in findings:
+        t.add_row("[green]ok[/]" if f.ok else "[red]missing[/]", f.kind, f.name, f.package or "", f.detail)
+    console.print(t)
+
+
+def doctor(backend: Backend, *, install: bool) -> int:
+    """All findings at once; with `install`, apt-get the missing packages and look again."""
+    findings = backend.doctor()
+    print_findings(findings, out)
+    packages = preflight.packages_to_install(findings)
+    if install and packages:
+        out.print(f"installing: {' '.join(packages)}")
+        code = preflight.install_packages(packages, lambda line: out.print(f"  {line}", style="dim", markup=False))
+        if code != 0:
+            raise LabError(f"apt-get install failed (exit {code}); the lines above say why")
+        findings = backend.doctor()
+        print_findings(findings, out)
+    gaps = preflight.missing(findings)
+    if gaps:
+        hint = "`ipsec-lab doctor --install` installs them" if not install else "they are still missing"
+        err.print(f"ipsec-lab: {len(gaps)} missing: {', '.join(f.name for f in gaps)}; {hint}", markup=False)
+        return ExitCode.USAGE
+    out.print("everything a new lab needs is here")
+    return ExitCode.OK
+
+
 def run_command(args: argparse.Namespace) -> int:
     reporter = Reporter(ConsoleSink(out, quiet=args.quiet))
     cmd = args.command
@@ -160,8 +194,10 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.OK
     backend: Backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter)
 
+    if cmd == "doctor":
+        return doctor(backend, install=args.install)
     if cmd == "up":
-        nodes = args.up_nodes or args.nodes or 3
+        nodes = node_count(args.up_nodes, args.nodes)
         spec = LabSpec.build(args.lab, nodes, args.underlay, args.pod_supernet)
         datapath = None if args.datapath == "auto" else args.datapath
         t0 = time.monotonic()

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from ..lab.events import Reporter
 from ..lab.model import LabSpec, Pod, Service
+from ..lab.preflight import Finding
 from ..lab.proc import Result
 from ..lab.status import LabStatus
 
@@ -48,6 +49,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def spec(self) -> LabSpec: ...
+
+    def doctor(self) -> list[Finding]:
+        """Every prerequisite of a new lab on this backend, found or not (`ipsec-lab doctor`, and the
+        TUI before it takes the screen). `up` asks the same before it creates anything."""
+        return []
 
     @abc.abstractmethod
     def status(self) -> LabStatus: ...

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..lab import naming, proc, render, state as labstate
+from ..lab import naming, preflight, proc, render, state as labstate
 from ..lab.errors import LabError, NotFoundError, UsageError
 from ..lab.events import Reporter
 from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Node, Pod, Service, pair_key
@@ -41,21 +41,6 @@ from .base import Backend, announce_script
 
 CHARON = "/usr/lib/ipsec/charon"
 CNI_BIN_DIR = "/usr/lib/cni"
-LIBIPSEC_PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so"
-REQUIRED_TOOLS = {
-    "ip": "iproute2",
-    "iptables": "iptables",
-    "iptables-restore": "iptables",
-    "swanctl": "strongswan-swanctl",
-    "unshare": "util-linux",
-}
-REQUIRED_FILES = {
-    CHARON: "strongswan-charon",
-    f"{CNI_BIN_DIR}/bridge": "containernetworking-plugins",
-    f"{CNI_BIN_DIR}/host-local": "containernetworking-plugins",
-    "/etc/strongswan.conf": "strongswan-libcharon",
-    "/etc/swanctl": "strongswan-swanctl",
-}
 SWANCTL_SUBDIRS = ("conf.d", "x509", "x509ca", "x509aa", "x509ocsp", "x509crl", "x509ac", "pubkey",
                    "private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12")
 
@@ -119,22 +104,36 @@ class NetnsBackend(Backend):
         return spec.node(node)
 
     # ------------------------------------------------------------------ preflight
-    @staticmethod
-    def preflight(datapath: str | None = None) -> None:
-        if os.geteuid() != 0:
-            raise UsageError("the netns backend needs root (network namespaces, mounts, iptables): run it as root")
-        for tool, pkg in REQUIRED_TOOLS.items():
-            if shutil.which(tool) is None:
-                raise UsageError(f"{tool} is missing: install the Debian package {pkg} (or run `make setup`)")
-        for path, pkg in REQUIRED_FILES.items():
-            if not os.path.exists(path):
-                raise UsageError(f"{path} is missing: install the Debian package {pkg} (or run `make setup`)")
-        if datapath in (None, "kernel-libipsec") and not os.path.exists(LIBIPSEC_PLUGIN):
-            if datapath == "kernel-libipsec":
-                raise UsageError(f"{LIBIPSEC_PLUGIN} is missing: install libcharon-extra-plugins (or run `make setup`)")
+    def host_findings(self) -> list[preflight.Finding]:
+        """What any netns lab needs, whatever its data path: root, the programs, strongSwan's files."""
+        return [preflight.check_root(), *preflight.check_programs(), *preflight.check_files()]
 
-    def detect_datapath(self) -> str:
-        """kernel-xfrm where the kernel has ESP and XFRM interfaces, else kernel-libipsec."""
+    def lab_findings(self, rendered: dict[str, dict[str, render.RenderedFile]], datapath: str) -> list[preflight.Finding]:
+        """What this lab's rendered files will load: strongSwan and CNI plugins, and the kernel's part."""
+        files = next(iter(rendered.values()))
+        found = [*preflight.check_strongswan_plugins(files["strongswan.conf"].content),
+                 *preflight.check_cni_plugins(files["10-ipsec-lab.conflist"].content, preflight.cni_bin_dir(CNI_BIN_DIR))]
+        if datapath == "kernel-libipsec":
+            found.append(preflight.check_tun())
+        return found
+
+    def doctor(self, datapath: str | None = None) -> list[preflight.Finding]:
+        """Every finding at once, for `ipsec-lab doctor`: the host's, then those of a 3-node lab on
+        the data path `up` would pick here."""
+        found = self.host_findings()
+        if preflight.missing(found[:1]) or shutil.which("ip") is None:
+            datapath = datapath or "kernel-libipsec"  # cannot probe the kernel without root and ip
+            found.append(preflight.Finding("kernel", "data path", True, f"{datapath} (assumed: not probed)"))
+        elif datapath is None:
+            datapath, why = self._probe_datapath()
+            found.append(preflight.Finding("kernel", "data path", True, f"{datapath} ({why})"))
+        spec = LabSpec.build(self.lab, 3)
+        secrets = {pair_key(a.name, b.name): "x" for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
+        found += self.lab_findings(render.render_lab(spec, datapath=datapath, secrets=secrets), datapath)
+        return found
+
+    def _probe_datapath(self) -> tuple[str, str]:
+        """kernel-xfrm where the kernel has ESP and XFRM interfaces, else kernel-libipsec; and why."""
         ns = naming.probe_namespace(self.lab)
         proc.run(["ip", "netns", "add", ns], what=f"creating probe namespace {ns}")
         try:
@@ -147,21 +146,38 @@ class NetnsBackend(Backend):
         finally:
             proc.run(["ip", "netns", "del", ns], check=False)
         if xfrm_if.ok and esp.ok:
-            return "kernel-xfrm"
-        if not os.path.exists(LIBIPSEC_PLUGIN):
-            raise UsageError(
-                "this kernel has no ESP/XFRM interfaces and strongSwan's kernel-libipsec plugin is missing: "
-                "install libcharon-extra-plugins"
-            )
-        why = "no XFRM interfaces" if not xfrm_if.ok else "no kernel ESP"
-        self.reporter.line(f"data path: kernel-libipsec (userspace ESP in UDP; this kernel has {why})")
-        return "kernel-libipsec"
+            return "kernel-xfrm", "this kernel has ESP and XFRM interfaces"
+        return "kernel-libipsec", "this kernel has " + ("no XFRM interfaces" if not xfrm_if.ok else "no kernel ESP")
+
+    def detect_datapath(self) -> str:
+        datapath, why = self._probe_datapath()
+        if datapath == "kernel-libipsec":
+            self.reporter.line(f"data path: kernel-libipsec (userspace ESP in UDP; {why})")
+        return datapath
 
     # ------------------------------------------------------------------ up
     def up(self, spec: LabSpec, datapath: str | None = None) -> LabStatus:  # type: ignore[override]
         if spec.name != self.lab:
             raise UsageError(f"spec is for lab {spec.name!r}, backend for {self.lab!r}")
-        self.preflight(datapath)
+        # Preflight, data path and rendering change nothing (the probe namespace comes and goes),
+        # so a missing piece is refused before even the lab's lock file exists.
+        preflight.require(self.host_findings())
+        if self.exists():
+            raise UsageError(f"lab {self.lab!r} is already up; `ipsec-lab --lab {self.lab} down` removes it")
+        if datapath is None:
+            with self.reporter.step("detect data path"):
+                datapath = self.detect_datapath()
+        elif datapath == "kernel-xfrm":
+            probed, why = self._probe_datapath()
+            if probed != datapath:
+                raise UsageError(f"the kernel-xfrm data path needs kernel ESP and XFRM interfaces, but {why}: "
+                                 "use --datapath kernel-libipsec (or auto)")
+        secrets = {pair_key(a.name, b.name): pysecrets.token_hex(32)
+                   for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
+        with self.reporter.step("render node configuration"):
+            rendered = render.render_lab(spec, datapath=datapath, secrets=secrets)
+        # Every plugin the rendered files load is there, before anything is created.
+        preflight.require(self.lab_findings(rendered, datapath))
         with labstate.lab_lock(self.paths):
             if self.exists():
                 raise UsageError(f"lab {self.lab!r} is already up; `ipsec-lab --lab {self.lab} down` removes it")
@@ -171,13 +187,6 @@ class NetnsBackend(Backend):
                     f"namespaces of an earlier lab {self.lab!r} are still there ({leftovers[0]}, ...); "
                     f"`ipsec-lab --lab {self.lab} down` removes them"
                 )
-            if datapath is None:
-                with self.reporter.step("detect data path"):
-                    datapath = self.detect_datapath()
-            secrets = {pair_key(a.name, b.name): pysecrets.token_hex(32)
-                       for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
-            with self.reporter.step("render node configuration"):
-                rendered = render.render_lab(spec, datapath=datapath, secrets=secrets)
             self._state = {
                 "version": 1,
                 "backend": self.name,

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from ..backends.base import Backend
 from ..lab.errors import LabError, UsageError
 from ..lab.events import Reporter
+from ..lab.model import LabSpec, node_count
 from .base import Check, CheckContext, CheckResult, Outcome, Verdict
 from .catalog import BY_NAME, CATALOG, FAULT_CAPTURE, describe, start_fault_capture
 
@@ -131,7 +132,6 @@ def main_checks(args) -> int:
     from ..backends.registry import get_backend
     from ..cli import ConsoleSink, lab_backend_name
     from ..exitcodes import ExitCode
-    from ..lab.model import LabSpec
 
     out = Console(highlight=False, soft_wrap=True)
     if args.list_checks:
@@ -154,7 +154,7 @@ def main_checks(args) -> int:
     t0 = time.monotonic()
     if not backend.exists():
         try:
-            backend.up(LabSpec.build(args.lab, args.nodes or 3))
+            backend.up(LabSpec.build(args.lab, node_count(args.nodes)))
         except UsageError:
             raise
         except LabError as exc:

@@ -10,6 +10,13 @@ from . import naming
 from .errors import UsageError
 
 MIN_NODES, MAX_NODES = 2, 32
+DEFAULT_NODES = 3
+
+
+def node_count(*given: int | None) -> int:
+    """The first node count the user gave (0 is a count, and refused as one), else the default."""
+    return next((n for n in given if n is not None), DEFAULT_NODES)
+
 DEFAULT_UNDERLAY = "192.168.56.0/24"
 DEFAULT_POD_SUPERNET = "10.128.0.0/16"
 # IKE: AES-GCM with PRF-SHA256 and X25519; ESP: AES-GCM-128, measured fastest through libipsec.

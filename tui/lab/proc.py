@@ -52,7 +52,7 @@ def run(
             stdin=None if input is not None else subprocess.DEVNULL,
         )
     except FileNotFoundError:
-        raise LabError(f"{argv[0]} is not installed (run `make setup`)") from None
+        raise LabError(f"{argv[0]} is not installed (run scripts/setup.sh, or `ipsec-lab doctor --install`)") from None
     except subprocess.TimeoutExpired:
         raise LabError(f"{what or ' '.join(argv)} did not finish within {timeout:.0f} s") from None
     res = Result(tuple(argv), cp.returncode, cp.stdout, cp.stderr)
