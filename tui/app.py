@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 from rich.text import Text
@@ -26,6 +25,7 @@ from textual.message import Message
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from .backends.base import Backend
+from .lab import resources
 from .lab.events import Event, Reporter
 from .lab.model import LabSpec
 from .lab.probes import http_get_many
@@ -42,7 +42,7 @@ from .screens.nodes import NodesScreen
 from .screens.pods import PodsScreen
 from .screens.tunnels import TunnelsScreen, seed_command, take_down_command
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = resources.assets_dir()
 MAX_PING_NODES = 8  # above this the timeline comes from tunnel states only (pings would cost N^2 a second)
 SHELL = ["bash", "--norc", "--noprofile", "-i"]
 
@@ -85,7 +85,7 @@ class IpsecLabApp(App[str]):
     """ipsec-lab's TUI. `exit()` returns "stop" when the user chose to stop the lab, else "leave"."""
 
     TITLE = "ipsec-lab"
-    CSS_PATH = str(ASSETS / "app.tcss")
+    CSS_PATH = str(resources.app_css())
     MODES = {
         "nodes": NodesScreen,
         "tunnels": TunnelsScreen,

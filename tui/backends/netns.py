@@ -393,8 +393,8 @@ class NetnsBackend(Backend):
     def _start_podserver(self, node: str) -> None:
         import sys
 
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-        ref = self._start_daemon(node, [sys.executable, "-m", "tui.backends.podserver"], "podserver.log", env=env)
+        # sys.executable imports the same installed tui (a wheel or the editable install): no PYTHONPATH.
+        ref = self._start_daemon(node, [sys.executable, "-m", "tui.backends.podserver"], "podserver.log")
         self._update(lambda s: s["nodes"][node].update(podserver=ref.to_list()))
         deadline = time.monotonic() + 15
         while not (self.paths.node_run(node) / POD_CONTROL).exists():

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..lab import render
+from ..lab import render, resources
 from ..lab.errors import LabError, UsageError
 from ..lab.events import Reporter
 from ..lab.model import LabSpec, Pod, Service, pair_key
 from ..lab.proc import Result
 
-ROOT = Path(__file__).resolve().parents[2]
-VAGRANTFILE = ROOT / "Vagrantfile"
+VAGRANTFILE = resources.vagrantfile()  # the checkout's, or the installed copy in tui/_data
+ROOT = VAGRANTFILE.parent  # VAGRANT_CWD: provisioning/ is beside the Vagrantfile
 DEFAULT_LAB = "lab"
 
 DEFAULT_BOX = "debian/bookworm64"  # the Debian cloud team's box: virtualbox and libvirt
@@ -56,8 +56,10 @@ CONTROL_PLANE_ROLE, WORKER_ROLE = "control-plane", "worker"
 
 
 def workdir() -> Path:
-    """Where Vagrant labs keep their spec, secrets and rendered files (beside the Vagrantfile)."""
-    return Path(os.environ.get("IPSEC_LAB_VAGRANT_DIR", str(ROOT / ".ipsec-lab")))
+    """Where Vagrant labs keep their spec, secrets, rendered files and (but for a checkout's default
+    lab) machine records: .ipsec-lab beside a checkout's Vagrantfile; from a wheel, the user's state
+    directory, so Vagrant never writes into the installed package."""
+    return Path(os.environ.get("IPSEC_LAB_VAGRANT_DIR", str(resources.vagrant_workdir())))
 
 
 # ------------------------------------------------------------------------------ lab files

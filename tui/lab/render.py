@@ -11,11 +11,11 @@ from pathlib import Path
 
 import jinja2
 
-from . import naming
+from . import naming, resources
 from .errors import LabError
 from .model import LabSpec, Node, pair_key
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "provisioning" / "templates"
+TEMPLATE_DIR = resources.templates_dir()
 
 DATAPATHS = ("kernel-xfrm", "kernel-libipsec")
 

@@ -16,9 +16,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lab import resources
 from ..lab.errors import LabError
 
-TUTORIAL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tutorial"
+TUTORIAL_DIR = resources.tutorial_dir()
 
 
 @dataclass(frozen=True)
