@@ -202,7 +202,7 @@ def run_command(args: argparse.Namespace) -> int:
         datapath = None if args.datapath == "auto" else args.datapath
         t0 = time.monotonic()
         try:
-            status = backend.up(spec, datapath=datapath) if backend.name == "netns" else backend.up(spec)  # type: ignore[call-arg]
+            status = backend.up(spec, datapath=datapath)
         except UsageError:
             raise
         except LabError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Sequence
 
 from ..lab.events import Reporter
@@ -36,9 +37,46 @@ class Backend(abc.ABC):
         self.lab = lab
         self.reporter = reporter or Reporter()
 
+    # -- capabilities: what this backend can do. Faces ask these, never the backend's name.
+    @property
+    def pods_are_namespaces(self) -> bool:
+        """Pods are network namespaces with an HTTP server (no kubelet), as on the netns backend."""
+        return False
+
+    @property
+    def can_cut_link(self) -> bool:
+        """set_underlay_link works (an underlay outage can be staged)."""
+        return True
+
+    def charon_log(self, node: str) -> Path | None:
+        """The node's charon log as a file on this machine, or None where it lives on the node."""
+        return None
+
+    def read_charon_log(self, node: str, offset: int) -> tuple[list[str], int]:
+        """The node's charon log lines after byte `offset`, and the offset to ask from next time.
+
+        A log shorter than `offset` was started anew (the node rebooted): its lines are read from
+        the start, so each line is returned once. The default reads charon_log(node); a backend
+        whose logs live on the nodes fetches them from there."""
+        path = self.charon_log(node)
+        if path is None:
+            return [], offset
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, 2)
+                if size < offset:
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], 0
+        end = data.rfind(b"\n") + 1  # a half-written last line waits for the next read
+        return data[:end].decode(errors="replace").splitlines(), offset + end
+
     # lifecycle
     @abc.abstractmethod
-    def up(self, spec: LabSpec) -> LabStatus: ...
+    def up(self, spec: LabSpec, *, datapath: str | None = None) -> LabStatus:
+        """Bring the lab up on `datapath` (None: the best this machine has); roll back on failure."""
 
     @abc.abstractmethod
     def down(self) -> list[str]:

@@ -90,6 +90,13 @@ class NetnsBackend(Backend):
     def exists(self) -> bool:
         return self.paths.state_file.exists()
 
+    @property
+    def pods_are_namespaces(self) -> bool:
+        return True
+
+    def charon_log(self, node: str) -> Path | None:
+        return self.paths.charon_log(node)
+
     def spec(self) -> LabSpec:
         return LabSpec.from_dict(self._load()["spec"])
 
@@ -156,7 +163,7 @@ class NetnsBackend(Backend):
         return datapath
 
     # ------------------------------------------------------------------ up
-    def up(self, spec: LabSpec, datapath: str | None = None) -> LabStatus:  # type: ignore[override]
+    def up(self, spec: LabSpec, *, datapath: str | None = None) -> LabStatus:
         if spec.name != self.lab:
             raise UsageError(f"spec is for lab {spec.name!r}, backend for {self.lab!r}")
         # Preflight, data path and rendering change nothing (the probe namespace comes and goes),

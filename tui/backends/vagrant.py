@@ -149,7 +149,7 @@ class VagrantBackend(Backend):
         """Write the spec the Vagrantfile reads and every node's rendered files."""
         return vs.write_lab_files(spec, self.files)
 
-    def up(self, spec: LabSpec, datapath: str | None = None) -> LabStatus:  # type: ignore[override]
+    def up(self, spec: LabSpec, *, datapath: str | None = None) -> LabStatus:
         if spec.name != self.lab:
             raise UsageError(f"spec is for lab {spec.name!r}, backend for {self.lab!r}")
         if datapath not in (None, DATAPATH):
