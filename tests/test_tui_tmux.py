@@ -3,6 +3,7 @@ mesh-left down on kube-node1 and reads the gap off the screen, then quits leavin
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -15,7 +16,7 @@ pytestmark = [pytest.mark.lab]
 IPSEC_LAB = ROOT / ".venv" / "bin" / "ipsec-lab"
 
 
-SOCKET = "ilab-tui-test"  # a tmux server of its own: nobody else's sessions are touched
+SOCKET = f"ilab-tui-test-{os.getpid()}"  # a tmux server of its own (per test run): nobody else's sessions are touched
 
 
 def tmux(*args: str) -> str:
