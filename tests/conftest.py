@@ -18,7 +18,10 @@ IPSEC_LAB = [sys.executable, "-m", "tui"]
 
 
 def unique_lab(prefix: str = "t") -> str:
-    return prefix + "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+    # SystemRandom: pytest-randomly reseeds `random` before every test, which would hand two tests
+    # the same "unique" name.
+    rng = random.SystemRandom()
+    return prefix + "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(6))
 
 
 def can_run_labs() -> str | None:
