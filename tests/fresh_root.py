@@ -302,6 +302,10 @@ class Result:
     def stdout(self) -> str:
         return "".join(line + "\n" for _, stream, line in self.lines if stream == "out")
 
+    @property
+    def stderr(self) -> str:
+        return "".join(line + "\n" for _, stream, line in self.lines if stream == "err")
+
     def tail(self, n: int = 30) -> str:
         return "\n".join(line for _, _, line in self.lines[-n:]) or "(no output)"
 
@@ -626,7 +630,7 @@ def lab_flow(m: FreshMachine, lab: str | None = None, log: Log | None = None) ->
     if rm.rc != 0:
         raise _fail(f"removing {pkg}", rm)
     dr = m.run(f"{cd}.venv/bin/ipsec-lab doctor", timeout=EXEC_TIMEOUT, on_line=_quiet)
-    if dr.rc != 3 or pkg not in dr.stdout:
+    if dr.rc != 3 or f"openssl ({pkg})" not in dr.stderr:
         raise _fail(f"doctor without {pkg} (want exit 3 naming it)", dr)
     di = m.run(f"{cd}.venv/bin/ipsec-lab doctor --install", timeout=UP_TIMEOUT)
     if di.rc != 0 or "everything a new lab needs is here" not in di.stdout:

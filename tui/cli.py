@@ -156,9 +156,10 @@ def print_status(status, console: Console) -> None:
 
 def print_findings(findings: Sequence[preflight.Finding], console: Console) -> None:
     t = Table(title="what a new lab needs on this machine", title_justify="left")
-    for col in ("", "KIND", "NAME", "DEBIAN PACKAGE"):
-        t.add_column(col, no_wrap=True)
-    t.add_column("WHERE", overflow="fold")
+    t.add_column("", no_wrap=True)
+    t.add_column("KIND", no_wrap=True)
+    for col in ("NAME", "DEBIAN PACKAGE", "WHERE"):  # folded, never cut: a reader copies them
+        t.add_column(col, overflow="fold")
     for f in findings:
         t.add_row("[green]ok[/]" if f.ok else "[red]missing[/]", f.kind, f.name, f.package or "", f.detail)
     console.print(t)
@@ -179,7 +180,8 @@ def doctor(backend: Backend, *, install: bool) -> int:
     gaps = preflight.missing(findings)
     if gaps:
         hint = "`ipsec-lab doctor --install` installs them" if not install else "they are still missing"
-        err.print(f"ipsec-lab: {len(gaps)} missing: {', '.join(f.name for f in gaps)}; {hint}", markup=False)
+        named = ", ".join(f"{f.name} ({f.package})" if f.package else f.name for f in gaps)
+        err.print(f"ipsec-lab: {len(gaps)} missing: {named}; {hint}", markup=False)
         return ExitCode.USAGE
     out.print("everything a new lab needs is here")
     return ExitCode.OK
