@@ -3,7 +3,8 @@
 # the distribution's packages and PyPI: nothing may rely on what a machine happens to have.
 #
 #   scripts/setup.sh          the lab, the checks and the TUI (what `scripts/lab` needs)
-#   scripts/setup.sh --test   also what the test suite needs (what `scripts/test` needs)
+#   scripts/setup.sh --vm     also what the Vagrant backend's VMs need (QEMU, libvirt, Vagrant)
+#   scripts/setup.sh --test   also what the test suite needs (what `scripts/test` needs; VMs included)
 #
 # Safe to run again: it installs only what is missing and rebuilds .venv only when
 # pyproject.toml (or the wanted extras) changed. The fresh-machine test (tests/test_fresh_machine.py)
@@ -15,7 +16,8 @@ profile=lab
 case "${1:-}" in
     "") ;;
     --test) profile=test ;;
-    *) echo "setup: unknown option '$1' (use --test for the test suite's packages)" >&2; exit 3 ;;
+    --vm) profile=vm ;;
+    *) echo "setup: unknown option '$1' (--vm: the Vagrant backend's VMs; --test: the test suite's)" >&2; exit 3 ;;
 esac
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -35,14 +37,23 @@ LAB_PACKAGES=(
     # the Python the app runs on, and the trust store pip needs
     python3 python3-venv ca-certificates
 )
+# What the Vagrant backend's VMs need on this machine: Vagrant with its libvirt provider, QEMU and
+# a libvirt the lab can run itself (no systemd needed), and what builds the offline box from
+# Debian packages (mmdebstrap, an ext4 image, GRUB for BIOS boot).
+VM_PACKAGES=(
+    vagrant vagrant-libvirt qemu-system-x86 qemu-utils
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
+    mmdebstrap e2fsprogs fdisk grub-pc-bin grub2-common
+)
 # What only the tests use: the TUI test drives the app in tmux, the Vagrant backend's tests run
 # `vagrant validate` and a real sshd, and the fresh-machine test builds a Debian root.
 TEST_PACKAGES=(
-    tmux vagrant vagrant-libvirt shellcheck openssh-server mmdebstrap git
+    tmux shellcheck openssh-server git "${VM_PACKAGES[@]}"
 )
 
 wanted=("${LAB_PACKAGES[@]}")
 [ "$profile" = test ] && wanted+=("${TEST_PACKAGES[@]}")
+[ "$profile" = vm ] && wanted+=("${VM_PACKAGES[@]}")
 
 missing=()
 for pkg in "${wanted[@]}"; do
@@ -62,6 +73,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
 
+if [ "$profile" != lab ]; then
+    # What libvirt-daemon-system's scripts would make, for the libvirtd a lab runs itself
+    # (tui/vm/hypervisor.py): its two system users, and libvirt's directories as mount points
+    # (the lab binds its own directories over them, inside its own mount namespace).
+    getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+    getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+    getent passwd libvirt-dnsmasq >/dev/null || useradd -r -U -d /var/lib/libvirt/dnsmasq -s /usr/sbin/nologin libvirt-dnsmasq
+    install -d /var/lib/libvirt /var/log/libvirt /var/cache/libvirt
+fi
+
 PYTHON=${PYTHON:-python3}
 extras=""; [ "$profile" = test ] && extras="[test]"
 stamp=.venv/.ipsec-lab-installed
@@ -71,7 +92,7 @@ have="$(cat "$stamp" 2>/dev/null || true)"
 ok=0
 if [ -x .venv/bin/python ]; then
     [ "$have" = "$want" ] && ok=1
-    [ "$profile" = lab ] && [ "$have" = "${want% lab} test" ] && ok=1
+    [ "$profile" != test ] && [ "$have" = "${want% *} test" ] && ok=1
 fi
 if [ "$ok" -eq 0 ]; then
     echo "setup: creating the virtual environment in .venv"

@@ -66,6 +66,9 @@ def build_parser() -> ArgumentParser:
     st = sub.add_parser("status", help="nodes, tunnels (from strongSwan over vici), pods and services")
     st.add_argument("--json", action="store_true", help="machine-readable")
     sub.add_parser("labs", help="list the labs that are up on this machine")
+    box = sub.add_parser("box", help="the Vagrant backend's offline box: box build [--force]")
+    box.add_argument("action", choices=("build", "path"), help="build: make it (cached); path: where it is")
+    box.add_argument("--force", action="store_true", help="build again even when the cached box is current")
     doc = sub.add_parser("doctor", help="check that this machine has every package a lab needs")
     doc.add_argument("--install", action="store_true", help="apt-get install the missing Debian packages")
     ex = sub.add_parser("exec", help="run a command on a node: exec NODE -- CMD...")
@@ -187,9 +190,29 @@ def doctor(backend: Backend, *, install: bool) -> int:
     return ExitCode.OK
 
 
+def box_command(action: str, *, force: bool) -> int:
+    from .vm import box
+
+    recipe = box.Recipe()
+    if action == "path":
+        path = box.cached(recipe)
+        out.print(str(path) if path else f"not built yet (recipe {recipe.digest()}): `ipsec-lab box build`")
+        return ExitCode.OK if path else ExitCode.CHECK_FAILED
+    t0 = time.monotonic()
+    report = box.build(recipe, lambda line: out.print(f"  {line}", style="dim", markup=False), force=force)
+    if not report.built:
+        out.print(f"box {box.BOX_NAME} is current: {report.box} (recipe {recipe.digest()}); --force builds it again")
+        return ExitCode.OK
+    steps = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in report.seconds.items())
+    out.print(f"box {box.BOX_NAME} built in {time.monotonic() - t0:.1f} s ({steps}): {report.box}")
+    return ExitCode.OK
+
+
 def run_command(args: argparse.Namespace) -> int:
     reporter = Reporter(ConsoleSink(out, quiet=args.quiet))
     cmd = args.command
+    if cmd == "box":  # no lab, no backend: the box is the machine's
+        return box_command(args.action, force=args.force)
     if cmd == "labs":
         for lab in list_labs():
             out.print(lab)
