@@ -156,3 +156,31 @@ def test_acceleration_is_probed_and_explained(tmp_path):
         assert accel == "tcg" and "KVM-PVM" in why  # this project's CI machines
     if kernel:
         assert hypervisor.probe_accel(kernel, cache=tmp_path / "accel.json") == (accel, why)  # cached
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(60)
+def test_a_thread_reaches_into_the_labs_namespace_and_the_process_stays_out(request):
+    from tui.vm import netns
+
+    ns = f"ilab-{unique_lab('ns')}-hv"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    request.addfinalizer(lambda: subprocess.run(["ip", "netns", "del", ns]))
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                               "import socket; s = socket.create_server(('127.0.0.1', 2299)); print('up', flush=True); "
+                               "c, _ = s.accept(); c.sendall(b'SSH-2.0-lab'); c.close()"],
+                              stdout=subprocess.PIPE, text=True)
+    request.addfinalizer(server.kill)
+    assert server.stdout is not None and server.stdout.readline().strip() == "up"
+    # A process started from the thread lives in the namespace: it sees only its loopback.
+    links = netns.in_netns(ns, lambda: subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout)
+    assert [line.split(": ")[1] for line in links.splitlines()] == ["lo"]
+    # A socket connected there keeps working here; this thread never moved.
+    here = os.readlink("/proc/thread-self/ns/net")
+    sock = netns.connect(ns, "127.0.0.1", 2299)
+    assert sock.recv(64) == b"SSH-2.0-lab"
+    sock.close()
+    assert os.readlink("/proc/thread-self/ns/net") == here
+    with pytest.raises(ConnectionRefusedError):
+        netns.connect(None, "127.0.0.1", 2299, timeout=2)  # not there on the host's side
