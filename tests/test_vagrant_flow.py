@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tui.backends import vagrant_support as vs
+from tui.lab import parsers
+from tui.lab import pcap
+from tui.backends import vagrant_files as vf
+from tui.backends import vagrant_output as vo
+from tui.backends import vagrant_preflight as vp
 from tui.backends.vagrant import VagrantBackend
 from tui.lab.errors import LabError, UsageError
 from tui.lab.events import OutputLine, Reporter, StepFinished, StepStarted
@@ -44,11 +48,11 @@ def calls(replay: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def host_facts(vagrant: str) -> vs.HostFacts:
+def host_facts(vagrant: str) -> vp.HostFacts:
     # The host's facts as preflight sees them on a machine with libvirt; here they are given.
-    return vs.HostFacts(vagrant=vagrant, mem_available_mb=32000,
+    return vp.HostFacts(vagrant=vagrant, mem_available_mb=32000,
                         provider_problems={"virtualbox": "VirtualBox is not installed", "libvirt": None},
-                        vbox_networks=[vs.VIRTUALBOX_HOSTONLY])
+                        vbox_networks=[vp.VIRTUALBOX_HOSTONLY])
 
 
 class Recorder:
@@ -67,7 +71,7 @@ def make_backend(lab: str, rec: Recorder) -> VagrantBackend:
     b = VagrantBackend(lab, Reporter(rec), host=host_facts(shutil.which("vagrant")))
     # No SSH here: the mesh is reported up, as a node would report it (tested for real over SSH
     # in test_vagrant_ssh.py).
-    b._sas = lambda node: vs.parse_swanctl_raw(MESH_UP[node])  # type: ignore[method-assign]
+    b._sas = lambda node: parsers.parse_swanctl_raw(MESH_UP[node])  # type: ignore[method-assign]
     return b
 
 
@@ -95,7 +99,7 @@ def test_up_streams_vagrant_output_and_records_the_lab(fake, monkeypatch):
     up = [c for c in calls(fake) if c["argv"][0] == "up"]
     assert len(up) == 1
     assert up[0]["argv"] == ["up", "--provision", "--provider=libvirt", "--machine-readable"]
-    files = vs.LabFiles.of("vgflow")
+    files = vf.LabFiles.of("vgflow")
     assert up[0]["env"]["IPSEC_LAB_SPEC"] == str(files.spec_file) and up[0]["env"]["IPSEC_LAB"] == "vgflow"
     assert up[0]["env"]["VAGRANT_DOTFILE_PATH"] == str(files.dir / "vagrant")
     assert up[0]["env"]["VAGRANT_CWD"] == str(ROOT)
@@ -161,7 +165,7 @@ def test_failed_up_reports_vagrants_error_in_one_line_and_rolls_back(fake, monke
     assert [e for e in rec.lines(stream="stderr") if e.text.startswith("The SSH command responded")]
     # rolled back: vagrant destroy ran, nothing of the lab is left
     assert [c["argv"][0] for c in calls(fake)][-1] == "destroy"
-    assert not vs.LabFiles.of("vgfail").dir.exists() and not b.paths.dir.exists()
+    assert not vf.LabFiles.of("vgfail").dir.exists() and not b.paths.dir.exists()
 
 
 @pytest.mark.timeout(60)
@@ -173,7 +177,7 @@ def test_no_rollback_when_asked(fake, monkeypatch):
         with pytest.raises(LabError):
             b.up(LabSpec.build("vgkeep", 3))
         assert "destroy" not in [c["argv"][0] for c in calls(fake)]
-        assert vs.LabFiles.of("vgkeep").spec_file.exists()
+        assert vf.LabFiles.of("vgkeep").spec_file.exists()
     finally:
         monkeypatch.delenv("FAKE_VAGRANT_FAIL")
         b.down()
@@ -182,9 +186,9 @@ def test_no_rollback_when_asked(fake, monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_preflight_failure_changes_nothing(fake, tmp_path):
-    b = VagrantBackend("vgpre", Reporter(), host=vs.HostFacts(
+    b = VagrantBackend("vgpre", Reporter(), host=vp.HostFacts(
         vagrant=shutil.which("vagrant"), mem_available_mb=2000,
-        provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vs.VIRTUALBOX_HOSTONLY]))
+        provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vp.VIRTUALBOX_HOSTONLY]))
     with pytest.raises(UsageError, match="not enough memory"):
         b.up(LabSpec.build("vgpre", 3))
     assert calls(fake) == [] and not (tmp_path / "labs").exists() and not b.paths.dir.exists()
@@ -193,7 +197,7 @@ def test_preflight_failure_changes_nothing(fake, tmp_path):
 @pytest.mark.timeout(60)
 def test_node_argv_is_vagrant_ssh_with_the_labs_environment(fake):
     b = make_backend("vgargv", Recorder())
-    vs.write_lab_files(LabSpec.build("vgargv", 3), b.files)
+    vf.write_lab_files(LabSpec.build("vgargv", 3), b.files)
     argv = b.node_argv("kube-node2", ["swanctl", "--list-sas"])
     assert argv[0] == "env" and f"IPSEC_LAB_SPEC={b.files.spec_file}" in argv
     i = argv.index("ssh")
@@ -206,11 +210,11 @@ def test_node_argv_is_vagrant_ssh_with_the_labs_environment(fake):
 
 @pytest.mark.timeout(30)
 def test_machine_readable_parsing():
-    m = vs.parse_machine_line("1795800000,kube-node1,ui,detail,    kube-node1: a%!(VAGRANT_COMMA) b\\nc\n")
-    assert m == vs.MachineLine(1795800000, "kube-node1", "ui", ("detail", "    kube-node1: a, b\nc"))
-    assert vs.parse_machine_line("==> kube-node1: plain human output") is None
+    m = vo.parse_machine_line("1795800000,kube-node1,ui,detail,    kube-node1: a%!(VAGRANT_COMMA) b\\nc\n")
+    assert m == vo.MachineLine(1795800000, "kube-node1", "ui", ("detail", "    kube-node1: a, b\nc"))
+    assert vo.parse_machine_line("==> kube-node1: plain human output") is None
     rec = Recorder()
-    out = vs.VagrantOutput(Reporter(rec))
+    out = vo.VagrantOutput(Reporter(rec))
     out.feed("==> kube-node1: not machine-readable\n", "stdout")
     assert (rec.events[-1].text, rec.events[-1].node, rec.events[-1].stream) == (
         "not machine-readable", "kube-node1", "stdout")
@@ -222,35 +226,35 @@ def test_machine_readable_parsing():
 @pytest.mark.timeout(30)
 def test_kubectl_json_parsing():
     doc = json.loads((FIXTURES / "kubectl-pods.json").read_text())
-    pods = vs.pods_from_kubectl(doc)
+    pods = parsers.pods_from_kubectl(doc)
     assert [(p.name, p.node, p.ip, p.state, p.restarts) for p in pods] == [
         ("kubernetes-bootcamp-6f5b9c7d8-2kpdw", "kube-node2", "10.128.2.6", "Running", 0),
         ("kubernetes-bootcamp-6f5b9c7d8-c497b", "kube-node3", None, "ContainerCreating", 0),
         ("kubernetes-bootcamp-6f5b9c7d8-x8sc4", "kube-node1", "10.128.1.4", "Running", 2),
     ]
     assert pods[0].created > 1.7e9
-    svc = vs.service_from_kubectl({"metadata": {"name": "kubernetes-bootcamp"},
+    svc = parsers.service_from_kubectl({"metadata": {"name": "kubernetes-bootcamp"},
                                    "spec": {"type": "NodePort", "ports": [{"port": 8080, "nodePort": 31990}]}})
     assert (svc.type, svc.port, svc.node_port) == ("NodePort", 8080, 31990)
     nodes = {"items": [{"metadata": {"name": "kube-node1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
                        {"metadata": {"name": "kube-node2"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}}]}
-    assert vs.ready_nodes_from_kubectl(nodes) == {"kube-node1": True, "kube-node2": False}
+    assert parsers.ready_nodes_from_kubectl(nodes) == {"kube-node1": True, "kube-node2": False}
 
 
 @pytest.mark.timeout(30)
 def test_pcap_merge(tmp_path):
     import struct
 
-    def pcap(path, stamps):
+    def write_pcap(path, stamps):
         with open(path, "wb") as f:
             f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
             for sec, usec, payload in stamps:
                 f.write(struct.pack("<IIII", sec, usec, len(payload), len(payload)) + payload)
 
-    pcap(tmp_path / "a.pcap", [(10, 5, b"a1"), (12, 0, b"a2")])
-    pcap(tmp_path / "b.pcap", [(11, 0, b"b1"), (10, 1, b"b0")])
+    write_pcap(tmp_path / "a.pcap", [(10, 5, b"a1"), (12, 0, b"a2")])
+    write_pcap(tmp_path / "b.pcap", [(11, 0, b"b1"), (10, 1, b"b0")])
     out = tmp_path / "m.pcap"
-    assert vs.merge_pcaps([str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")], str(out)) == 4
+    assert pcap.merge([str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")], str(out)) == 4
     data = out.read_bytes()
     assert data[:24] == (tmp_path / "a.pcap").read_bytes()[:24]
     payloads = []
@@ -269,10 +273,10 @@ def test_failed_ssh_handshake_is_one_line_and_nothing_on_stderr():
     import sys
 
     script = (
-        "from tui.backends import vagrant_support as vs\n"
+        "from tui.backends import ssh\n"
         "from tui.lab.errors import LabError\n"
         "text = 'Host kube-node1\\n  HostName 192.0.2.1\\n  User root\\n  ProxyCommand true\\n'\n"
-        "shells = vs.NodeShells(lambda node: text, connect_timeout=3)\n"
+        "shells = ssh.NodeShells(lambda node: text, connect_timeout=3)\n"
         "try:\n"
         "    shells.run('kube-node1', ['true'])\n"
         "except LabError as e:\n"

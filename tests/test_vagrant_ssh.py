@@ -26,7 +26,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unique_lab, wait_for
-from tui.backends import vagrant_support as vs
+from tui.backends import ssh
+from tui.backends import vagrant_files as vf
+from tui.backends import vagrant_preflight as vp
 from tui.lab import naming, probes, render
 from tui.lab.errors import LabError
 from tui.lab.events import Reporter
@@ -135,9 +137,9 @@ def ssh_lab(tmp_path_factory):
         mp.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp / "labs"))
         mp.setenv("IPSEC_LAB_STATE_ROOT", str(tmp / "run"))
         mp.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
-        vb = VagrantBackend(vlab, Reporter(), host=vs.HostFacts(
+        vb = VagrantBackend(vlab, Reporter(), host=vp.HostFacts(
             vagrant=str(bindir / "vagrant"), mem_available_mb=32000,
-            provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vs.VIRTUALBOX_HOSTONLY]))
+            provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vp.VIRTUALBOX_HOSTONLY]))
         # Replayed `vagrant up`; then the backend waits for the mesh over SSH: the real one.
         vb.up(LabSpec.build(vlab, 3))
         yield netns, vb, sshds, tmp
@@ -227,7 +229,7 @@ def test_unreachable_node_is_one_clear_line(ssh_lab, tmp_path):
     text = SSH_CONFIG.format(node="kube-node1", ip="192.168.56.11", identity=tmp / "client_key",
                              python=sys.executable, relay=FIXTURES / "netns_relay.py",
                              underlay_ns=naming.underlay_namespace(netns.lab)).replace("Port 22", "Port 2222")
-    shells = vs.NodeShells(lambda node: text, connect_timeout=5)
+    shells = ssh.NodeShells(lambda node: text, connect_timeout=5)
     try:
         with pytest.raises(LabError, match="cannot reach kube-node1 over SSH"):
             shells.run("kube-node1", ["true"])
@@ -245,7 +247,7 @@ def test_rendered_vm_config_loads_into_a_real_charon(ssh_lab):
     spec = vb.spec()
     secrets = {k: "cd" * 32 for k in ("kube-node1|kube-node2", "kube-node1|kube-node3", "kube-node2|kube-node3")}
     kube = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:" + "0" * 64,
-                             bootcamp_images=vs.BOOTCAMP_IMAGES)
+                             bootcamp_images=vf.BOOTCAMP_IMAGES)
     files = render.render_vm_node(spec, spec.node(1), secrets=secrets, kube=kube)
     run = netns.paths.node_run("kube-node1")
     (run / "vm-swanctl.conf").write_text(files["swanctl.conf"].content)
@@ -270,7 +272,7 @@ def test_vm_boot_script_runs_in_a_netns_node_up_to_the_xfrm_interfaces(ssh_lab):
     spec = vb.spec()
     secrets = {k: "cd" * 32 for k in ("kube-node1|kube-node2", "kube-node1|kube-node3", "kube-node2|kube-node3")}
     kube = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:" + "0" * 64,
-                             bootcamp_images=vs.BOOTCAMP_IMAGES)
+                             bootcamp_images=vf.BOOTCAMP_IMAGES)
     script = render.render_vm_node(spec, spec.node(2), secrets=secrets, kube=kube)["node-boot.sh"].content
     res = vb.exec("kube-node2", ["env", "UNDERLAY_IF=eth0", "sh", "-x", "-s"], input=script, timeout=20)
     ran = [line[2:] for line in res.stderr.splitlines() if line.startswith("+ ")]
