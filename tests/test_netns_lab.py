@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from tui.lab import probes
-from tui.lab.proc import ProcRef, alive
+from tui.lab.proc import alive
 
 from .conftest import cli, wait_for
 
@@ -124,9 +124,10 @@ def test_seed_ipsec_down_command_works_inside_a_node(running_lab):
 
 
 def test_restart_ipsec_recovers(running_lab):
-    old = ProcRef.from_list(running_lab._load()["nodes"]["kube-node3"]["charon"])
+    old = running_lab.charon_ref("kube-node3")
     running_lab.restart_ipsec("kube-node3")
-    new = ProcRef.from_list(running_lab._load()["nodes"]["kube-node3"]["charon"])
+    new = running_lab.charon_ref("kube-node3")
+    assert old is not None and new is not None
     assert not alive(old) and alive(new) and old != new
     wait_for(lambda: healthy(running_lab), 20, what="reachability after restart-ipsec")
 
@@ -179,32 +180,62 @@ def test_ssh_opens_a_shell_on_the_node(running_lab):
 
 
 def test_a_booting_node_never_routes_pod_traffic_in_clear(running_lab):
-    """Between the node's network coming up and its boot script, pod traffic must not leak."""
+    """Between the node's network coming up and its boot script, pod traffic must not leak.
+
+    The boot window runs from the reboot's "eth0 ... default via" line (the node can send on the
+    underlay) to its "charon started" line (the boot script, which sets the guard too, is done).
+    Pings from kube-node2 to kube-node1's cni0 are sent over and over; at least one must start
+    inside that window, and the capture must hold no cleartext pod packet."""
+    import threading
     import time
 
     from tui.lab import pcap
+    from tui.lab.events import OutputLine, Reporter
 
+    marks: dict[str, float] = {}
+
+    def sink(event) -> None:
+        if isinstance(event, OutputLine) and event.node == "kube-node2":
+            if event.text.startswith("eth0 ") and "default via" in event.text:
+                marks.setdefault("net_up", time.monotonic())
+            elif event.text.startswith("charon started"):
+                marks.setdefault("booted", time.monotonic())
+
+    starts: list[float] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:  # ping node1's cni0 from node2 over and over while node2 reboots
+        while not stop.is_set():
+            starts.append(time.monotonic())
+            try:
+                # While node2 is down, `ip netns exec` fails: a Result, not an exception.
+                running_lab.exec("kube-node2", ["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.128.1.1"], timeout=5)
+            except BaseException as exc:  # recorded, and the test fails below
+                errors.append(exc)
+                return
+
+    reporter = running_lab.reporter
+    running_lab.reporter = Reporter(sink)
     handle = running_lab.start_capture("boot-window")
-    stop = time.monotonic() + 3
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
     try:
-        import threading
-
-        def hammer():  # ping node1's cni0 from node2 over and over while node2 reboots
-            while time.monotonic() < stop:
-                try:
-                    running_lab.exec("kube-node2", ["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.128.1.1"], timeout=5)
-                except Exception:
-                    pass
-
-        threads = [threading.Thread(target=hammer) for _ in range(3)]
         for t in threads:
             t.start()
         time.sleep(0.3)
         running_lab.reboot("kube-node2")
-        for t in threads:
-            t.join()
+        time.sleep(0.3)
     finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        running_lab.reporter = reporter
         path = running_lab.stop_capture(handle)
+    assert not errors, errors
+    assert set(marks) == {"net_up", "booted"}, marks
+    inside = [t for t in starts if marks["net_up"] <= t <= marks["booted"]]
+    assert inside, (f"no ping started inside the {marks['booted'] - marks['net_up']:.3f} s boot window "
+                    f"({len(starts)} pings in all)")
     s = pcap.summarize(path, running_lab.spec().pod_supernet)
     assert s.cleartext_pod == 0, s.examples
     assert s.esp > 0

@@ -17,29 +17,14 @@ from tui.backends import vagrant_files as vf
 from tui.backends import vagrant_preflight as vp
 from tui.lab import render
 from tui.lab.errors import UsageError
-from tui.lab.model import LabSpec, pair_key
+from tui.lab.model import LabSpec
+
+from . import goldens
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "golden"
 FIXTURES = ROOT / "tests" / "fixtures" / "vagrant"
-UPDATE = os.environ.get("UPDATE_GOLDENS") == "1"
-
-# Fixed inputs so that rendering is deterministic (real labs get random ones).
-PSK = "ab" * 32
-KUBE = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef",
-                         ca_cert_hash="sha256:" + "0" * 64, bootcamp_images=vf.BOOTCAMP_IMAGES)
-
-
-def psks(spec):
-    return {pair_key(a.name, b.name): PSK for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
-
-
-def check_golden(path: Path, content: str) -> None:
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    assert path.exists(), f"golden {path} is missing (UPDATE_GOLDENS=1 writes it)"
-    assert content == path.read_text(), f"{path.relative_to(ROOT)} differs (UPDATE_GOLDENS=1 rewrites it)"
+# Fixed inputs so that rendering is deterministic (real labs get random ones): tests/goldens.py.
+PSK, KUBE, psks = goldens.PSK, goldens.KUBE, goldens.psks
 
 
 @pytest.mark.timeout(30)
@@ -48,8 +33,7 @@ def test_vm_node_files_match_goldens(node):
     spec = LabSpec.build("lab", 3)
     files = render.render_vm_node(spec, spec.node(node), secrets=psks(spec), kube=KUBE)
     assert set(files) == set(render.VM_FILES)
-    for role, f in files.items():
-        check_golden(GOLDEN / "vagrant" / node / role, f.content)
+    goldens.check(goldens.vm_node(node))
     assert files["swanctl.conf"].mode == 0o600 and files["kubeadm.yaml"].mode == 0o600
 
 
@@ -60,8 +44,24 @@ def test_netns_node_files_match_goldens(datapath):
     spec = LabSpec.build("lab", 3)
     files = render.render_node(spec, spec.node(1), datapath=datapath, secrets=psks(spec))
     assert set(files) == set(render.NODE_FILES)
-    for role, f in files.items():
-        check_golden(GOLDEN / "netns" / datapath / "kube-node1" / role, f.content)
+    goldens.check(goldens.netns_node(datapath))
+
+
+@pytest.mark.timeout(30)
+def test_kube_proxy_rules_match_goldens():
+    """kube-proxy's nat table for a NodePort service, rendered from kube-proxy-rules.j2."""
+    goldens.check(goldens.kube_proxy())
+
+
+def test_golden_check_fails_on_a_changed_or_missing_file():
+    """The comparison can fail, and nothing in the suite turns it into a write."""
+    real = goldens.GOLDEN / "netns" / "kube-proxy" / "kube-node1-no-endpoints.rules"
+    before = real.read_text()
+    with pytest.raises(AssertionError, match="differs"):
+        goldens.check({real: before + "-A FORWARD -j ACCEPT\n"})
+    with pytest.raises(AssertionError, match="is missing"):
+        goldens.check({goldens.GOLDEN / "no-such-golden": "x"})
+    assert real.read_text() == before
 
 
 @pytest.mark.timeout(30)

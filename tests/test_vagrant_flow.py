@@ -21,6 +21,7 @@ from tui.backends.vagrant import VagrantBackend
 from tui.lab.errors import LabError, UsageError
 from tui.lab.events import OutputLine, Reporter, StepFinished, StepStarted
 from tui.lab.model import LabSpec
+from tui.lab.proc import Result
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "vagrant"
@@ -131,15 +132,28 @@ def test_up_streams_vagrant_output_and_records_the_lab(fake, monkeypatch):
     assert b.machine_states() == {f"kube-node{i}": "running" for i in (1, 2, 3)}
 
     # reboot: `vagrant reload NODE`, streamed; then the node must answer again
+    # While it boots, SSH first cannot connect at all, then sshd answers before the vagrant user
+    # may log in (exit 255, as ssh reports it); the third try gets through.
     ran: list[tuple[str, list[str]]] = []
+    answers = iter([LabError("cannot reach kube-node2 over SSH: NoValidConnectionsError: [Errno None] "
+                             "Unable to connect to port 22 on 192.168.121.57"),
+                    Result(("true",), 255, "", "Connection closed by remote host")])
 
     def fake_exec(node, argv, **kw):
         ran.append((node, list(argv)))
-        return type("R", (), {"ok": True, "stdout": "", "stderr": "", "returncode": 0})()
+        if list(argv) == ["true"]:
+            got = next(answers, None)
+            if isinstance(got, Exception):
+                raise got
+            if got is not None:
+                return got
+        return Result(tuple(argv), 0, "", "")
 
     b.exec = fake_exec  # type: ignore[method-assign]
+    b.reboot_poll_s = 0.01
     b.reboot("kube-node2")
     assert calls(fake)[-1]["argv"] == ["reload", "kube-node2", "--machine-readable"]
+    assert [argv for _node, argv in ran].count(["true"]) == 3  # the wait loop ran until SSH answered
     # Back up, kube-node2 starts the connection it only answers (to kube-node1): INITIAL_CONTACT.
     assert ran[-1][0] == "kube-node2" and "swanctl --initiate --child mesh-left" in ran[-1][1][-1]
     assert "Halting domain..." in [e.text for e in rec.lines(node="kube-node2")]

@@ -16,6 +16,7 @@ text in, Fabric connection out. The SSH user is root (a netns node has no sudo);
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unique_lab, wait_for
+from tests.conftest import lab_namespaces, unique_lab, wait_for
 from tui.backends import ssh
 from tui.backends import vagrant_files as vf
 from tui.backends import vagrant_preflight as vp
@@ -98,6 +99,8 @@ class Sshd:
 
 @pytest.fixture(scope="module")
 def ssh_lab(tmp_path_factory):
+    """Every step registers its undo on an ExitStack as soon as it exists, so a failing step (or a
+    failing undo: ExitStack runs the others and re-raises) leaves no sshd, lab or PATH patch."""
     if shutil.which("ssh-keygen") is None or not os.path.exists(SSHD):
         pytest.fail("openssh-server is not installed (run `scripts/setup.sh --test`)")
     from tui.backends.netns import NetnsBackend
@@ -105,12 +108,11 @@ def ssh_lab(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vgssh")
     netns_lab, vlab = unique_lab("vn"), unique_lab("vv")
-    netns = NetnsBackend(netns_lab)
     sshds: list[Sshd] = []
-    vb = None
-    mp = pytest.MonkeyPatch()
-    try:
+    with contextlib.ExitStack() as stack:
+        netns = NetnsBackend(netns_lab)
         spec = LabSpec.build(netns_lab, 3)
+        stack.callback(lambda: netns.exists() and netns.down())
         netns.up(spec)
         netns.deploy(3)  # one bootcamp pod per node, for curl over SSH
         for key in ("host_key", "client_key"):
@@ -125,6 +127,7 @@ def ssh_lab(tmp_path_factory):
             (netns.paths.node_run(n.name) / "sshd").mkdir(mode=0o755, exist_ok=True)
             d = Sshd(netns.node_argv(n.name, [SSHD, "-D", "-e", "-f", str(cfg), "-o", f"ListenAddress={n.underlay_ip}:22"]))
             sshds.append(d)
+            stack.callback(d.stop)  # runs after vb.down() (registered later), before netns.down()
             assert d.listening.wait(10), f"sshd on {n.name} did not start: {d.log}"
             (replay / f"ssh-config-{n.name}.txt").write_text(SSH_CONFIG.format(
                 node=n.name, ip=n.underlay_ip, identity=tmp / "client_key", python=sys.executable,
@@ -132,6 +135,8 @@ def ssh_lab(tmp_path_factory):
         bindir = tmp / "bin"
         bindir.mkdir()
         (bindir / "vagrant").symlink_to(FIXTURES / "fake-vagrant")
+        mp = pytest.MonkeyPatch()
+        stack.callback(mp.undo)
         mp.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
         mp.setenv("FAKE_VAGRANT_DIR", str(replay))
         mp.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp / "labs"))
@@ -140,17 +145,13 @@ def ssh_lab(tmp_path_factory):
         vb = VagrantBackend(vlab, Reporter(), host=vp.HostFacts(
             vagrant=str(bindir / "vagrant"), mem_available_mb=32000,
             provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vp.VIRTUALBOX_HOSTONLY]))
+        # replayed `vagrant destroy`, closes the SSH connections, removes the lab's files
+        stack.callback(lambda: vb.exists() and vb.down())
         # Replayed `vagrant up`; then the backend waits for the mesh over SSH: the real one.
         vb.up(LabSpec.build(vlab, 3))
         yield netns, vb, sshds, tmp
-    finally:
-        if vb is not None:
-            vb.down()  # replayed `vagrant destroy`, closes the SSH connections, removes the lab's files
-        for d in sshds:
-            d.stop()
-        mp.undo()
-        netns.down()
-        assert all(d.proc.poll() is not None for d in sshds)
+    assert all(d.proc.poll() is not None for d in sshds)
+    assert not netns.exists() and lab_namespaces(netns_lab) == []
 
 
 @pytest.mark.timeout(120)
@@ -281,3 +282,21 @@ def test_vm_boot_script_runs_in_a_netns_node_up_to_the_xfrm_interfaces(ssh_lab):
     assert ran[-1] == "ip link add ipsec-n1 type xfrm dev eth0 if_id 1" and res.returncode != 0
     routes = vb.exec("kube-node2", ["ip", "route", "show", "10.128.0.0/16"]).stdout
     assert "unreachable 10.128.0.0/16" in routes
+
+
+@pytest.mark.timeout(60)
+def test_charon_log_is_read_from_the_node_over_ssh(ssh_lab):
+    """The Logs screen's source on Vagrant: the node's /var/log/charon.log, fetched over SSH by
+    offset; the same lines the node wrote, each once, and none again from the offset returned."""
+    netns, vb, _sshds, _tmp = ssh_lab
+    assert vb.charon_log("kube-node2") is None  # not a file on this machine
+    local, _ = netns.read_charon_log("kube-node2", 0)
+    lines, offset = vb.read_charon_log("kube-node2", 0)
+    assert len(lines) >= 10 and lines[:len(local)] == local[:len(lines)]
+    assert any("IKE_SA mesh-left" in line and "established" in line for line in lines)
+    again, offset2 = vb.read_charon_log("kube-node2", offset)
+    whole, _ = netns.read_charon_log("kube-node2", 0)
+    assert offset2 >= offset and lines + again == whole[:len(lines) + len(again)]
+    # A log shorter than the offset was started anew (a reboot): read from its start.
+    fresh, _ = vb.read_charon_log("kube-node2", offset2 + 10**9)
+    assert fresh[:3] == lines[:3]

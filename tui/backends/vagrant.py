@@ -80,6 +80,8 @@ class VagrantBackend(Backend):
     name = "vagrant"
     mesh_timeout = TUNNEL_WAIT_S
     mesh_poll = 1.0
+    reboot_wait_s = 300.0  # how long a rebooted node may take to answer over SSH
+    reboot_poll_s = 2.0  # seconds between two tries
 
     def __init__(self, lab: str, reporter: Reporter | None = None, *, host: vp.HostFacts | None = None) -> None:
         super().__init__(naming.validate_lab_name(lab), reporter)
@@ -440,7 +442,7 @@ class VagrantBackend(Backend):
             self._forget_node(node)
             self._run_vagrant(f"reload {node}", lambda v: v.reload(vm_name=node))
             self._forget_node(node)  # the forwarded SSH port may have changed
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + self.reboot_wait_s
             while True:
                 try:
                     if self.exec(node, ["true"], timeout=10).ok:
@@ -448,8 +450,8 @@ class VagrantBackend(Backend):
                 except LabError:
                     pass
                 if time.monotonic() > deadline:
-                    raise LabError(f"{node} did not answer over SSH within 300 s of its reboot")
-                time.sleep(2.0)
+                    raise LabError(f"{node} did not answer over SSH within {self.reboot_wait_s:.0f} s of its reboot")
+                time.sleep(self.reboot_poll_s)
             self._announce(node)
 
     def set_underlay_link(self, node: str, up: bool) -> None:
