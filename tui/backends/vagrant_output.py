@@ -39,6 +39,19 @@ def parse_machine_line(line: str) -> MachineLine | None:
     return MachineLine(int(parts[0]), parts[1], parts[2], tuple(unescape_machine(p) for p in parts[3:]))
 
 
+_BATCH_MARK = "Please handle this error then try again:"
+
+
+def batch_cause(message: str) -> str:
+    """The first machine's own error in a BatchMultiError ("An error occurred while executing
+    multiple actions in parallel. ... Please handle this error then try again: <cause>"), where the
+    whole message would say nothing; any other message as it is."""
+    if _BATCH_MARK not in message:
+        return message
+    cause = message.split(_BATCH_MARK, 1)[1].strip().split("\n\n", 1)[0]
+    return cause or message
+
+
 class VagrantOutput:
     """Turns vagrant's output into Reporter lines: ui lines tagged with their machine, ui errors
     and error-exit on stderr, and whatever vagrant writes to its stderr on stderr."""
@@ -49,21 +62,29 @@ class VagrantOutput:
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
         self.errors: list[str] = []
+        self._paragraph = False  # the last stderr line continues a paragraph (no blank line since)
 
     def feed(self, raw: str, stream: str) -> None:
         m = parse_machine_line(raw)
         if m is None:  # human output (e.g. on stderr): "==> node: text" or "    node: text"
             text = raw.rstrip("\r\n")
-            if text.strip():
-                hm = _HUMAN_PREFIX.match(text)
-                node, text = (hm.group("node"), hm.group("text")) if hm else (None, text)
-                self.reporter.line(text, node=node, stream=stream)
-                if stream == "stderr":
+            if not text.strip():
+                self._paragraph = False
+                return
+            hm = _HUMAN_PREFIX.match(text)
+            node, text = (hm.group("node"), hm.group("text")) if hm else (None, text)
+            self.reporter.line(text, node=node, stream=stream)
+            if stream == "stderr":
+                # Vagrant wraps one message over several lines: a paragraph is one error.
+                if self._paragraph:
+                    self.errors[-1] += " " + text.strip()
+                else:
                     self.errors.append(text.strip())
+                self._paragraph = True
             return
         if m.kind == "error-exit":
             message = m.data[1] if len(m.data) > 1 else ",".join(m.data)
-            self.errors.append(" ".join(message.split()))
+            self.errors.append(" ".join(batch_cause(message).split()))
             self.reporter.line(message, node=m.target or None, stream="stderr")
             return
         if m.kind != "ui" or not m.data:
