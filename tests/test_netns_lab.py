@@ -233,10 +233,10 @@ def test_a_booting_node_never_routes_pod_traffic_in_clear(running_lab):
         path = running_lab.stop_capture(handle)
     assert not errors, errors
     assert set(marks) == {"net_up", "booted"}, marks
-    inside = [t for t in starts if marks["net_up"] <= t <= marks["booted"]]
-    assert inside, (f"no ping started inside the {marks['booted'] - marks['net_up']:.3f} s boot window "
-                    f"({len(starts)} pings in all)")
     s = pcap.summarize(path, running_lab.spec().pod_supernet)
     assert s.cleartext_pod == 0, s.examples
     assert s.esp > 0
+    inside = [t for t in starts if marks["net_up"] <= t <= marks["booted"]]
+    assert inside, (f"no ping started inside the {marks['booted'] - marks['net_up']:.3f} s boot window "
+                    f"({len(starts)} pings in all)")
     wait_for(lambda: healthy(running_lab), 20, what="reachability after the reboot")
