@@ -86,9 +86,9 @@ class NetnsBackend(Backend):
             return self._state
 
     def _load(self) -> dict[str, Any]:
-        """state.json as a dict. Kept for tests/test_checks.py, which reads charon PIDs from it;
-        new code uses load_state() or charon_ref()."""
-        return labstate.load_state(self.paths)
+        """load_state(), as state.json's dict. Kept for tests/test_checks.py (its test-only backends
+        read charon PIDs from it and halt nodes); new code uses load_state() or charon_ref()."""
+        return self.load_state().to_json()
 
     @property
     def state(self) -> NetnsState:
