@@ -14,7 +14,7 @@ import pytest
 from tui.lab import probes
 from tui.lab.proc import alive
 
-from .conftest import cli, wait_for
+from .conftest import cli, started_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
@@ -48,7 +48,13 @@ def test_every_node_pair_has_sas_on_both_ends(running_lab):
         assert (t.ike_state, t.child_state) == ("ESTABLISHED", "INSTALLED"), t
 
 
-def test_nine_pods_three_per_node_in_their_range_in_order(running_lab):
+def test_nine_pods_three_per_node_in_their_range_in_order():
+    """On a fresh lab of its own (the module's lab has had pods replaced by other tests)."""
+    with started_lab("o") as lab:
+        check_fresh_pods(lab)
+
+
+def check_fresh_pods(running_lab) -> None:
     status = running_lab.status()
     assert len(status.pods) == 9
     assert Counter(p.node for p in status.pods) == {"kube-node1": 3, "kube-node2": 3, "kube-node3": 3}
@@ -144,7 +150,13 @@ def test_reboot_recovers_with_fresh_ipam_and_restarted_pods(running_lab):
 
 
 def test_faults_leave_exactly_one_ike_sa_per_tunnel_end(running_lab):
-    # After tunnel-down, `ipsec down`, restart and reboot above: no duplicate IKE SAs linger.
+    """After tunnel-down, `ipsec down`, restart and reboot no duplicate IKE SAs linger. The faults
+    are made here, so the test holds alone and in any order."""
+    running_lab.tunnel_down("kube-node1", "mesh-left")
+    assert running_lab.exec("kube-node2", ["ipsec", "down", "mesh-right"], timeout=20).ok
+    running_lab.restart_ipsec("kube-node3")
+    running_lab.reboot("kube-node2")
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after the faults")
     wait_for(lambda: all(t.ike_sas == 1 for t in running_lab.status().tunnels), 10, what="one IKE SA per end")
 
 

@@ -30,7 +30,7 @@ from tests.conftest import lab_namespaces, unique_lab, wait_for
 from tui.backends import ssh
 from tui.backends import vagrant_files as vf
 from tui.backends import vagrant_preflight as vp
-from tui.lab import naming, probes, render
+from tui.lab import commands, naming, probes, render
 from tui.lab.errors import LabError
 from tui.lab.events import Reporter
 from tui.lab.model import LabSpec
@@ -243,7 +243,8 @@ def test_rendered_vm_config_loads_into_a_real_charon(ssh_lab):
     """The VM's swanctl.conf (kernel-xfrm: if_id, no UDP encapsulation) and strongswan.conf
     (charon-systemd section) parse and load in strongSwan 5.9.8, the version the Debian box runs.
     SAs cannot be installed with it here: this kernel has no XFRM interfaces and no ESP.
-    Runs last in this module: it replaces kube-node1's connections."""
+    It replaces kube-node1's connections, and puts the lab's own back before it ends (so the
+    other tests hold in any order)."""
     netns, vb, _sshds, _tmp = ssh_lab
     spec = vb.spec()
     secrets = {k: "cd" * 32 for k in ("kube-node1|kube-node2", "kube-node1|kube-node3", "kube-node2|kube-node3")}
@@ -253,6 +254,19 @@ def test_rendered_vm_config_loads_into_a_real_charon(ssh_lab):
     run = netns.paths.node_run("kube-node1")
     (run / "vm-swanctl.conf").write_text(files["swanctl.conf"].content)
     (run / "vm-strongswan.conf").write_text(files["strongswan.conf"].content)
+    with contextlib.ExitStack() as restore:
+        restore.callback(restore_mesh, vb)
+        check_vm_config_loads(vb)
+
+
+def restore_mesh(vb) -> None:
+    """kube-node1's own connections back (start_action=start initiates them), and the mesh up."""
+    res = vb.exec("kube-node1", commands.swanctl_load_all())
+    assert res.ok, res.stdout + res.stderr
+    vb.wait_for_mesh(vb.spec(), timeout=30)
+
+
+def check_vm_config_loads(vb) -> None:
     res = vb.exec("kube-node1", ["swanctl", "--load-all", "--noprompt", "--file", "/run/vm-swanctl.conf"])
     assert res.ok, res.stdout + res.stderr
     assert "loaded connection 'mesh-left'" in res.stdout and "loaded connection 'mesh-right'" in res.stdout
