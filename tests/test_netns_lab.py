@@ -12,9 +12,9 @@ from collections import Counter
 import pytest
 
 from tui.lab import probes
-from tui.lab.proc import ProcRef, alive
+from tui.lab.proc import alive
 
-from .conftest import cli, wait_for
+from .conftest import cli, started_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
@@ -48,7 +48,13 @@ def test_every_node_pair_has_sas_on_both_ends(running_lab):
         assert (t.ike_state, t.child_state) == ("ESTABLISHED", "INSTALLED"), t
 
 
-def test_nine_pods_three_per_node_in_their_range_in_order(running_lab):
+def test_nine_pods_three_per_node_in_their_range_in_order():
+    """On a fresh lab of its own (the module's lab has had pods replaced by other tests)."""
+    with started_lab("o") as lab:
+        check_fresh_pods(lab)
+
+
+def check_fresh_pods(running_lab) -> None:
     status = running_lab.status()
     assert len(status.pods) == 9
     assert Counter(p.node for p in status.pods) == {"kube-node1": 3, "kube-node2": 3, "kube-node3": 3}
@@ -124,9 +130,10 @@ def test_seed_ipsec_down_command_works_inside_a_node(running_lab):
 
 
 def test_restart_ipsec_recovers(running_lab):
-    old = ProcRef.from_list(running_lab._load()["nodes"]["kube-node3"]["charon"])
+    old = running_lab.charon_ref("kube-node3")
     running_lab.restart_ipsec("kube-node3")
-    new = ProcRef.from_list(running_lab._load()["nodes"]["kube-node3"]["charon"])
+    new = running_lab.charon_ref("kube-node3")
+    assert old is not None and new is not None
     assert not alive(old) and alive(new) and old != new
     wait_for(lambda: healthy(running_lab), 20, what="reachability after restart-ipsec")
 
@@ -143,7 +150,13 @@ def test_reboot_recovers_with_fresh_ipam_and_restarted_pods(running_lab):
 
 
 def test_faults_leave_exactly_one_ike_sa_per_tunnel_end(running_lab):
-    # After tunnel-down, `ipsec down`, restart and reboot above: no duplicate IKE SAs linger.
+    """After tunnel-down, `ipsec down`, restart and reboot no duplicate IKE SAs linger. The faults
+    are made here, so the test holds alone and in any order."""
+    running_lab.tunnel_down("kube-node1", "mesh-left")
+    assert running_lab.exec("kube-node2", ["ipsec", "down", "mesh-right"], timeout=20).ok
+    running_lab.restart_ipsec("kube-node3")
+    running_lab.reboot("kube-node2")
+    wait_for(lambda: healthy(running_lab), 20, what="reachability after the faults")
     wait_for(lambda: all(t.ike_sas == 1 for t in running_lab.status().tunnels), 10, what="one IKE SA per end")
 
 
@@ -179,33 +192,63 @@ def test_ssh_opens_a_shell_on_the_node(running_lab):
 
 
 def test_a_booting_node_never_routes_pod_traffic_in_clear(running_lab):
-    """Between the node's network coming up and its boot script, pod traffic must not leak."""
+    """Between the node's network coming up and its boot script, pod traffic must not leak.
+
+    The boot window runs from the reboot's "eth0 ... default via" line (the node can send on the
+    underlay) to its "charon started" line (the boot script, which sets the guard too, is done).
+    Pings from kube-node2 to kube-node1's cni0 are sent over and over; at least one must start
+    inside that window, and the capture must hold no cleartext pod packet."""
+    import threading
     import time
 
     from tui.lab import pcap
+    from tui.lab.events import OutputLine, Reporter
 
+    marks: dict[str, float] = {}
+
+    def sink(event) -> None:
+        if isinstance(event, OutputLine) and event.node == "kube-node2":
+            if event.text.startswith("eth0 ") and "default via" in event.text:
+                marks.setdefault("net_up", time.monotonic())
+            elif event.text.startswith("charon started"):
+                marks.setdefault("booted", time.monotonic())
+
+    starts: list[float] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:  # ping node1's cni0 from node2 over and over while node2 reboots
+        while not stop.is_set():
+            starts.append(time.monotonic())
+            try:
+                # While node2 is down, `ip netns exec` fails: a Result, not an exception.
+                running_lab.exec("kube-node2", ["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.128.1.1"], timeout=5)
+            except BaseException as exc:  # recorded, and the test fails below
+                errors.append(exc)
+                return
+
+    reporter = running_lab.reporter
+    running_lab.reporter = Reporter(sink)
     handle = running_lab.start_capture("boot-window")
-    stop = time.monotonic() + 3
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
     try:
-        import threading
-
-        def hammer():  # ping node1's cni0 from node2 over and over while node2 reboots
-            while time.monotonic() < stop:
-                try:
-                    running_lab.exec("kube-node2", ["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.128.1.1"], timeout=5)
-                except Exception:
-                    pass
-
-        threads = [threading.Thread(target=hammer) for _ in range(3)]
         for t in threads:
             t.start()
         time.sleep(0.3)
         running_lab.reboot("kube-node2")
-        for t in threads:
-            t.join()
+        time.sleep(0.3)
     finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        running_lab.reporter = reporter
         path = running_lab.stop_capture(handle)
+    assert not errors, errors
+    assert set(marks) == {"net_up", "booted"}, marks
     s = pcap.summarize(path, running_lab.spec().pod_supernet)
     assert s.cleartext_pod == 0, s.examples
     assert s.esp > 0
+    inside = [t for t in starts if marks["net_up"] <= t <= marks["booted"]]
+    assert inside, (f"no ping started inside the {marks['booted'] - marks['net_up']:.3f} s boot window "
+                    f"({len(starts)} pings in all)")
     wait_for(lambda: healthy(running_lab), 20, what="reachability after the reboot")

@@ -13,32 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tui.backends import vagrant_support as vs
+from tui.backends import vagrant_files as vf
+from tui.backends import vagrant_preflight as vp
 from tui.lab import render
 from tui.lab.errors import UsageError
-from tui.lab.model import LabSpec, pair_key
+from tui.lab.model import LabSpec
+
+from . import goldens
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "golden"
 FIXTURES = ROOT / "tests" / "fixtures" / "vagrant"
-UPDATE = os.environ.get("UPDATE_GOLDENS") == "1"
-
-# Fixed inputs so that rendering is deterministic (real labs get random ones).
-PSK = "ab" * 32
-KUBE = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef",
-                         ca_cert_hash="sha256:" + "0" * 64, bootcamp_images=vs.BOOTCAMP_IMAGES)
-
-
-def psks(spec):
-    return {pair_key(a.name, b.name): PSK for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
-
-
-def check_golden(path: Path, content: str) -> None:
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    assert path.exists(), f"golden {path} is missing (UPDATE_GOLDENS=1 writes it)"
-    assert content == path.read_text(), f"{path.relative_to(ROOT)} differs (UPDATE_GOLDENS=1 rewrites it)"
+# Fixed inputs so that rendering is deterministic (real labs get random ones): tests/goldens.py.
+PSK, KUBE, psks = goldens.PSK, goldens.KUBE, goldens.psks
 
 
 @pytest.mark.timeout(30)
@@ -47,8 +33,7 @@ def test_vm_node_files_match_goldens(node):
     spec = LabSpec.build("lab", 3)
     files = render.render_vm_node(spec, spec.node(node), secrets=psks(spec), kube=KUBE)
     assert set(files) == set(render.VM_FILES)
-    for role, f in files.items():
-        check_golden(GOLDEN / "vagrant" / node / role, f.content)
+    goldens.check(goldens.vm_node(node))
     assert files["swanctl.conf"].mode == 0o600 and files["kubeadm.yaml"].mode == 0o600
 
 
@@ -59,8 +44,24 @@ def test_netns_node_files_match_goldens(datapath):
     spec = LabSpec.build("lab", 3)
     files = render.render_node(spec, spec.node(1), datapath=datapath, secrets=psks(spec))
     assert set(files) == set(render.NODE_FILES)
-    for role, f in files.items():
-        check_golden(GOLDEN / "netns" / datapath / "kube-node1" / role, f.content)
+    goldens.check(goldens.netns_node(datapath))
+
+
+@pytest.mark.timeout(30)
+def test_kube_proxy_rules_match_goldens():
+    """kube-proxy's nat table for a NodePort service, rendered from kube-proxy-rules.j2."""
+    goldens.check(goldens.kube_proxy())
+
+
+def test_golden_check_fails_on_a_changed_or_missing_file():
+    """The comparison can fail, and nothing in the suite turns it into a write."""
+    real = goldens.GOLDEN / "netns" / "kube-proxy" / "kube-node1-no-endpoints.rules"
+    before = real.read_text()
+    with pytest.raises(AssertionError, match="differs"):
+        goldens.check({real: before + "-A FORWARD -j ACCEPT\n"})
+    with pytest.raises(AssertionError, match="is missing"):
+        goldens.check({goldens.GOLDEN / "no-such-golden": "x"})
+    assert real.read_text() == before
 
 
 @pytest.mark.timeout(30)
@@ -113,8 +114,8 @@ def validate(workdir: Path, spec_file: Path, provider: str, cwd: Path = ROOT) ->
 def prepared(tmp_path, monkeypatch):
     monkeypatch.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp_path / "labs"))
     spec = LabSpec.build("vgval", 3)
-    files = vs.LabFiles.of("vgval")
-    vspec = vs.write_lab_files(spec, files)
+    files = vf.LabFiles.of("vgval")
+    vspec = vf.write_lab_files(spec, files)
     return tmp_path, files, vspec
 
 
@@ -162,7 +163,7 @@ def test_lab_files_on_disk(prepared):
     tmp, files, vspec = prepared
     assert [n["name"] for n in vspec["nodes"]] == ["kube-node1", "kube-node2", "kube-node3"]
     assert [n["ip"] for n in vspec["nodes"]] == ["192.168.56.11", "192.168.56.12", "192.168.56.13"]
-    assert vspec["nodes"][0]["role"] == "control-plane" and vspec["box"] == vs.DEFAULT_BOX
+    assert vspec["nodes"][0]["role"] == "control-plane" and vspec["box"] == vf.DEFAULT_BOX
     assert (files.secrets_file.stat().st_mode & 0o777) == 0o600
     n1 = files.node_dir("kube-node1")
     assert (n1 / "ca.key").stat().st_mode & 0o777 == 0o600 and not (files.node_dir("kube-node2") / "ca.key").exists()
@@ -173,46 +174,46 @@ def test_lab_files_on_disk(prepared):
         assert (n1 / role).stat().st_mode & 0o777 == int(mode, 8)
     # Preparing again keeps the secrets: the VMs and the files never disagree.
     before = files.secrets_file.read_text()
-    vs.write_lab_files(LabSpec.build("vgval", 3), files)
+    vf.write_lab_files(LabSpec.build("vgval", 3), files)
     assert files.secrets_file.read_text() == before
     secrets = json.loads(before)
     kubeadm = (files.node_dir("kube-node3") / "kubeadm.yaml").read_text()
-    assert secrets["token"] in kubeadm and vs.ca_cert_hash(secrets["ca_crt"]) in kubeadm
+    assert secrets["token"] in kubeadm and vf.ca_cert_hash(secrets["ca_crt"]) in kubeadm
 
 
 @pytest.mark.timeout(60)
 def test_ca_hash_is_kubeadms(tmp_path):
     """The pinned hash is what kubeadm's documentation computes with openssl."""
-    cert, key = vs.make_cluster_ca()
+    cert, key = vf.make_cluster_ca()
     (tmp_path / "ca.crt").write_text(cert)
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cp = subprocess.run(
         "openssl x509 -pubkey -in ca.crt | openssl rsa -pubin -outform der 2>/dev/null | sha256sum",
         shell=True, cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert vs.ca_cert_hash(cert) == "sha256:" + cp.stdout.split()[0]
+    assert vf.ca_cert_hash(cert) == "sha256:" + cp.stdout.split()[0]
     assert "BEGIN RSA PRIVATE KEY" in key
-    token = vs.make_token()
+    token = vf.make_token()
     assert len(token) == 23 and token[6] == "." and token.replace(".", "").isalnum()
 
 
 # ------------------------------------------------------------------------------------ preflight
-def facts(**kw) -> vs.HostFacts:
+def facts(**kw) -> vp.HostFacts:
     base = dict(vagrant="/usr/bin/vagrant", mem_available_mb=32000,
                 provider_problems={"virtualbox": None, "libvirt": None},
-                vbox_networks=[vs.VIRTUALBOX_HOSTONLY])
+                vbox_networks=[vp.VIRTUALBOX_HOSTONLY])
     base.update(kw)
-    return vs.HostFacts(**base)
+    return vp.HostFacts(**base)
 
 
 @pytest.mark.timeout(30)
 def test_preflight_picks_a_usable_provider(monkeypatch):
     monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
     spec = LabSpec.build("vgpre", 3)
-    assert vs.preflight(spec, facts(), {}) == "virtualbox"
-    assert vs.preflight(spec, facts(provider_problems={"virtualbox": "no", "libvirt": None}), {}) == "libvirt"
+    assert vp.preflight(spec, facts(), {}) == "virtualbox"
+    assert vp.preflight(spec, facts(provider_problems={"virtualbox": "no", "libvirt": None}), {}) == "libvirt"
     monkeypatch.setenv("VAGRANT_DEFAULT_PROVIDER", "libvirt")
-    assert vs.preflight(spec, facts(), {}) == "libvirt"
+    assert vp.preflight(spec, facts(), {}) == "libvirt"
 
 
 @pytest.mark.timeout(30)
@@ -234,7 +235,7 @@ def test_preflight_failures_are_one_line(monkeypatch, kw, env, spec_kw, message)
         monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
     spec = LabSpec.build("vgpre", 3, **spec_kw)
     with pytest.raises(UsageError) as err:
-        vs.preflight(spec, facts(**kw), {})
+        vp.preflight(spec, facts(**kw), {})
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -243,7 +244,7 @@ def test_preflight_refuses_an_underlay_another_lab_uses(monkeypatch):
     monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
     import ipaddress
     with pytest.raises(UsageError, match="overlaps Vagrant lab 'other'"):
-        vs.preflight(LabSpec.build("vgpre", 3), facts(), {"other": ipaddress.IPv4Network("192.168.56.0/24")})
+        vp.preflight(LabSpec.build("vgpre", 3), facts(), {"other": ipaddress.IPv4Network("192.168.56.0/24")})
 
 
 def snapshot(paths):
@@ -261,7 +262,7 @@ def test_cli_up_without_a_provider_fails_in_one_line_and_changes_nothing(tmp_pat
         env["PATH"] = str(Path(sys.executable).parent) + ":/usr/sbin:/sbin"  # /usr/bin holds vagrant
     watched = [str(tmp_path), str(ROOT)]  # and this lab's run state, checked below
     before = snapshot(watched)
-    if not without_vagrant and (vs._virtualbox_problem() is None or vs._libvirt_problem() is None):
+    if not without_vagrant and (vp.provider_problem("virtualbox") is None or vp.provider_problem("libvirt") is None):
         pytest.skip("a Vagrant provider is usable on this machine")
     cp = subprocess.run([sys.executable, "-m", "tui", "--backend", "vagrant", "--lab", lab, "up"], cwd=ROOT,
                         capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)

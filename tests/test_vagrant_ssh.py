@@ -16,6 +16,7 @@ text in, Fabric connection out. The SSH user is root (a netns node has no sudo);
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unique_lab, wait_for
-from tui.backends import vagrant_support as vs
-from tui.lab import naming, probes, render
+from tests.conftest import lab_namespaces, unique_lab, wait_for
+from tui.backends import ssh
+from tui.backends import vagrant_files as vf
+from tui.backends import vagrant_preflight as vp
+from tui.lab import commands, naming, probes, render
 from tui.lab.errors import LabError
 from tui.lab.events import Reporter
 from tui.lab.model import LabSpec
@@ -96,6 +99,8 @@ class Sshd:
 
 @pytest.fixture(scope="module")
 def ssh_lab(tmp_path_factory):
+    """Every step registers its undo on an ExitStack as soon as it exists, so a failing step (or a
+    failing undo: ExitStack runs the others and re-raises) leaves no sshd, lab or PATH patch."""
     if shutil.which("ssh-keygen") is None or not os.path.exists(SSHD):
         pytest.fail("openssh-server is not installed (run `scripts/setup.sh --test`)")
     from tui.backends.netns import NetnsBackend
@@ -103,12 +108,11 @@ def ssh_lab(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vgssh")
     netns_lab, vlab = unique_lab("vn"), unique_lab("vv")
-    netns = NetnsBackend(netns_lab)
     sshds: list[Sshd] = []
-    vb = None
-    mp = pytest.MonkeyPatch()
-    try:
+    with contextlib.ExitStack() as stack:
+        netns = NetnsBackend(netns_lab)
         spec = LabSpec.build(netns_lab, 3)
+        stack.callback(lambda: netns.exists() and netns.down())
         netns.up(spec)
         netns.deploy(3)  # one bootcamp pod per node, for curl over SSH
         for key in ("host_key", "client_key"):
@@ -123,6 +127,7 @@ def ssh_lab(tmp_path_factory):
             (netns.paths.node_run(n.name) / "sshd").mkdir(mode=0o755, exist_ok=True)
             d = Sshd(netns.node_argv(n.name, [SSHD, "-D", "-e", "-f", str(cfg), "-o", f"ListenAddress={n.underlay_ip}:22"]))
             sshds.append(d)
+            stack.callback(d.stop)  # runs after vb.down() (registered later), before netns.down()
             assert d.listening.wait(10), f"sshd on {n.name} did not start: {d.log}"
             (replay / f"ssh-config-{n.name}.txt").write_text(SSH_CONFIG.format(
                 node=n.name, ip=n.underlay_ip, identity=tmp / "client_key", python=sys.executable,
@@ -130,25 +135,23 @@ def ssh_lab(tmp_path_factory):
         bindir = tmp / "bin"
         bindir.mkdir()
         (bindir / "vagrant").symlink_to(FIXTURES / "fake-vagrant")
+        mp = pytest.MonkeyPatch()
+        stack.callback(mp.undo)
         mp.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
         mp.setenv("FAKE_VAGRANT_DIR", str(replay))
         mp.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp / "labs"))
         mp.setenv("IPSEC_LAB_STATE_ROOT", str(tmp / "run"))
         mp.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
-        vb = VagrantBackend(vlab, Reporter(), host=vs.HostFacts(
+        vb = VagrantBackend(vlab, Reporter(), host=vp.HostFacts(
             vagrant=str(bindir / "vagrant"), mem_available_mb=32000,
-            provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vs.VIRTUALBOX_HOSTONLY]))
+            provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vp.VIRTUALBOX_HOSTONLY]))
+        # replayed `vagrant destroy`, closes the SSH connections, removes the lab's files
+        stack.callback(lambda: vb.exists() and vb.down())
         # Replayed `vagrant up`; then the backend waits for the mesh over SSH: the real one.
         vb.up(LabSpec.build(vlab, 3))
         yield netns, vb, sshds, tmp
-    finally:
-        if vb is not None:
-            vb.down()  # replayed `vagrant destroy`, closes the SSH connections, removes the lab's files
-        for d in sshds:
-            d.stop()
-        mp.undo()
-        netns.down()
-        assert all(d.proc.poll() is not None for d in sshds)
+    assert all(d.proc.poll() is not None for d in sshds)
+    assert not netns.exists() and lab_namespaces(netns_lab) == []
 
 
 @pytest.mark.timeout(120)
@@ -227,7 +230,7 @@ def test_unreachable_node_is_one_clear_line(ssh_lab, tmp_path):
     text = SSH_CONFIG.format(node="kube-node1", ip="192.168.56.11", identity=tmp / "client_key",
                              python=sys.executable, relay=FIXTURES / "netns_relay.py",
                              underlay_ns=naming.underlay_namespace(netns.lab)).replace("Port 22", "Port 2222")
-    shells = vs.NodeShells(lambda node: text, connect_timeout=5)
+    shells = ssh.NodeShells(lambda node: text, connect_timeout=5)
     try:
         with pytest.raises(LabError, match="cannot reach kube-node1 over SSH"):
             shells.run("kube-node1", ["true"])
@@ -240,16 +243,30 @@ def test_rendered_vm_config_loads_into_a_real_charon(ssh_lab):
     """The VM's swanctl.conf (kernel-xfrm: if_id, no UDP encapsulation) and strongswan.conf
     (charon-systemd section) parse and load in strongSwan 5.9.8, the version the Debian box runs.
     SAs cannot be installed with it here: this kernel has no XFRM interfaces and no ESP.
-    Runs last in this module: it replaces kube-node1's connections."""
+    It replaces kube-node1's connections, and puts the lab's own back before it ends (so the
+    other tests hold in any order)."""
     netns, vb, _sshds, _tmp = ssh_lab
     spec = vb.spec()
     secrets = {k: "cd" * 32 for k in ("kube-node1|kube-node2", "kube-node1|kube-node3", "kube-node2|kube-node3")}
     kube = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:" + "0" * 64,
-                             bootcamp_images=vs.BOOTCAMP_IMAGES)
+                             bootcamp_images=vf.BOOTCAMP_IMAGES)
     files = render.render_vm_node(spec, spec.node(1), secrets=secrets, kube=kube)
     run = netns.paths.node_run("kube-node1")
     (run / "vm-swanctl.conf").write_text(files["swanctl.conf"].content)
     (run / "vm-strongswan.conf").write_text(files["strongswan.conf"].content)
+    with contextlib.ExitStack() as restore:
+        restore.callback(restore_mesh, vb)
+        check_vm_config_loads(vb)
+
+
+def restore_mesh(vb) -> None:
+    """kube-node1's own connections back (start_action=start initiates them), and the mesh up."""
+    res = vb.exec("kube-node1", commands.swanctl_load_all())
+    assert res.ok, res.stdout + res.stderr
+    vb.wait_for_mesh(vb.spec(), timeout=30)
+
+
+def check_vm_config_loads(vb) -> None:
     res = vb.exec("kube-node1", ["swanctl", "--load-all", "--noprompt", "--file", "/run/vm-swanctl.conf"])
     assert res.ok, res.stdout + res.stderr
     assert "loaded connection 'mesh-left'" in res.stdout and "loaded connection 'mesh-right'" in res.stdout
@@ -270,7 +287,7 @@ def test_vm_boot_script_runs_in_a_netns_node_up_to_the_xfrm_interfaces(ssh_lab):
     spec = vb.spec()
     secrets = {k: "cd" * 32 for k in ("kube-node1|kube-node2", "kube-node1|kube-node3", "kube-node2|kube-node3")}
     kube = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:" + "0" * 64,
-                             bootcamp_images=vs.BOOTCAMP_IMAGES)
+                             bootcamp_images=vf.BOOTCAMP_IMAGES)
     script = render.render_vm_node(spec, spec.node(2), secrets=secrets, kube=kube)["node-boot.sh"].content
     res = vb.exec("kube-node2", ["env", "UNDERLAY_IF=eth0", "sh", "-x", "-s"], input=script, timeout=20)
     ran = [line[2:] for line in res.stderr.splitlines() if line.startswith("+ ")]
@@ -279,3 +296,21 @@ def test_vm_boot_script_runs_in_a_netns_node_up_to_the_xfrm_interfaces(ssh_lab):
     assert ran[-1] == "ip link add ipsec-n1 type xfrm dev eth0 if_id 1" and res.returncode != 0
     routes = vb.exec("kube-node2", ["ip", "route", "show", "10.128.0.0/16"]).stdout
     assert "unreachable 10.128.0.0/16" in routes
+
+
+@pytest.mark.timeout(60)
+def test_charon_log_is_read_from_the_node_over_ssh(ssh_lab):
+    """The Logs screen's source on Vagrant: the node's /var/log/charon.log, fetched over SSH by
+    offset; the same lines the node wrote, each once, and none again from the offset returned."""
+    netns, vb, _sshds, _tmp = ssh_lab
+    assert vb.charon_log("kube-node2") is None  # not a file on this machine
+    local, _ = netns.read_charon_log("kube-node2", 0)
+    lines, offset = vb.read_charon_log("kube-node2", 0)
+    assert len(lines) >= 10 and lines[:len(local)] == local[:len(lines)]
+    assert any("IKE_SA mesh-left" in line and "established" in line for line in lines)
+    again, offset2 = vb.read_charon_log("kube-node2", offset)
+    whole, _ = netns.read_charon_log("kube-node2", 0)
+    assert offset2 >= offset and lines + again == whole[:len(lines) + len(again)]
+    # A log shorter than the offset was started anew (a reboot): read from its start.
+    fresh, _ = vb.read_charon_log("kube-node2", offset2 + 10**9)
+    assert fresh[:3] == lines[:3]

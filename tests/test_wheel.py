@@ -112,7 +112,7 @@ def test_the_installed_package_finds_its_own_files(venv):
     code = r"""
 import json, sysconfig
 import tui, tui.app as app
-from tui.backends import vagrant_support as vs
+from tui.backends import vagrant_files as vs
 from tui.lab import render, resources
 from tui.tutorial import steps
 print(json.dumps({

@@ -26,18 +26,19 @@ import subprocess
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..lab import naming, preflight, proc, render, state as labstate
+from ..lab import commands, naming, preflight, proc, render, state as labstate
 from ..lab.errors import LabError, NotFoundError, UsageError
 from ..lab.events import Reporter
-from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Node, Pod, Service, pair_key
+from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Node, Pod, Service, pair_key, validate_node_port, validate_replicas
 from ..lab.proc import ProcRef, Result
-from ..lab.status import LabStatus, NodeStatus
+from ..lab.status import LabStatus, NodeStatus, TunnelStatus
 from ..lab.vici_status import list_sas, tunnel_statuses
-from .base import Backend, announce_script
+from .base import Backend, Plan, parallel
+from .netns_state import Deployment, NetnsState, NodeRecord, PodRecord
 
 CHARON = "/usr/lib/ipsec/charon"
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -61,31 +62,60 @@ def _rand(n: int) -> str:
     return "".join(random.choice(HASH_ALPHABET) for _ in range(n))
 
 
+@dataclass(frozen=True)
+class _Capture:
+    process: "subprocess.Popen[str]"
+    path: str
+
+
 class NetnsBackend(Backend):
     name = "netns"
+    mesh_timeout = TUNNEL_WAIT_S
+    mesh_poll = 0.01
 
     def __init__(self, lab: str, reporter: Reporter | None = None) -> None:
         super().__init__(naming.validate_lab_name(lab), reporter)
-        self.paths = labstate.LabPaths.of(lab)
         self._state_lock = threading.RLock()
-        self._state: dict[str, Any] | None = None
+        self._state: NetnsState | None = None
 
     # ------------------------------------------------------------------ state helpers
-    def _load(self) -> dict[str, Any]:
+    def load_state(self) -> NetnsState:
+        """The lab's state as state.json holds it now (and kept for the changes that follow)."""
         with self._state_lock:
-            self._state = labstate.load_state(self.paths)
+            self._state = NetnsState.from_json(labstate.load_state(self.paths))
             return self._state
+
+    def _load(self) -> dict[str, Any]:
+        """load_state(), as state.json's dict. Kept for tests/test_checks.py (its test-only backends
+        read charon PIDs from it and halt nodes); new code uses load_state() or charon_ref()."""
+        return self.load_state().to_json()
+
+    @property
+    def state(self) -> NetnsState:
+        """The state loaded last (load_state), which this backend changes and saves."""
+        if self._state is None:
+            raise LabError(f"lab {self.lab!r}: state not loaded")
+        return self._state
 
     def _save(self) -> None:
         with self._state_lock:
-            assert self._state is not None
-            labstate.save_state(self.paths, self._state)
+            labstate.save_state(self.paths, self.state.to_json())
 
-    def _update(self, fn: Callable[[dict[str, Any]], None]) -> None:
+    def _update(self, fn: Callable[[NetnsState], None]) -> None:
         with self._state_lock:
-            assert self._state is not None
-            fn(self._state)
-            labstate.save_state(self.paths, self._state)
+            fn(self.state)
+            self._save()
+
+    def _update_node(self, node: str, **changes: Any) -> None:
+        with self._state_lock:
+            rec = self.state.nodes[node]
+            for key, value in changes.items():
+                setattr(rec, key, value)
+            self._save()
+
+    def charon_ref(self, node: str) -> ProcRef | None:
+        """The node's charon process as state.json records it (None before it started)."""
+        return NetnsState.from_json(labstate.load_state(self.paths)).nodes[node].charon
 
     def exists(self) -> bool:
         return self.paths.state_file.exists()
@@ -98,7 +128,7 @@ class NetnsBackend(Backend):
         return self.paths.charon_log(node)
 
     def spec(self) -> LabSpec:
-        return LabSpec.from_dict(self._load()["spec"])
+        return LabSpec.from_dict(labstate.load_state(self.paths)["spec"])
 
     @property
     def ul_ns(self) -> str:
@@ -106,9 +136,6 @@ class NetnsBackend(Backend):
 
     def node_ns(self, node: str) -> str:
         return naming.node_namespace(self.lab, node)
-
-    def _node(self, spec: LabSpec, node: str) -> Node:
-        return spec.node(node)
 
     # ------------------------------------------------------------------ preflight
     def host_findings(self) -> list[preflight.Finding]:
@@ -135,8 +162,7 @@ class NetnsBackend(Backend):
             datapath, why = self._probe_datapath()
             found.append(preflight.Finding("kernel", "data path", True, f"{datapath} ({why})"))
         spec = LabSpec.build(self.lab, 3)
-        secrets = {pair_key(a.name, b.name): "x" for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
-        found += self.lab_findings(render.render_lab(spec, datapath=datapath, secrets=secrets), datapath)
+        found += self.lab_findings(render.render_lab(spec, datapath=datapath, secrets=_secrets(spec, lambda: "x")), datapath)
         return found
 
     def _probe_datapath(self) -> tuple[str, str]:
@@ -162,87 +188,62 @@ class NetnsBackend(Backend):
             self.reporter.line(f"data path: kernel-libipsec (userspace ESP in UDP; {why})")
         return datapath
 
-    # ------------------------------------------------------------------ up
-    def up(self, spec: LabSpec, *, datapath: str | None = None) -> LabStatus:
-        if spec.name != self.lab:
-            raise UsageError(f"spec is for lab {spec.name!r}, backend for {self.lab!r}")
-        # Preflight, data path and rendering change nothing (the probe namespace comes and goes),
-        # so a missing piece is refused before even the lab's lock file exists.
+    # ------------------------------------------------------------------ up: the base's hooks
+    # Preflight, data path and rendering change nothing (the probe namespace comes and goes),
+    # so a missing piece is refused before even the lab's lock file exists.
+    def preflight(self, spec: LabSpec) -> None:
         preflight.require(self.host_findings())
-        if self.exists():
-            raise UsageError(f"lab {self.lab!r} is already up; `ipsec-lab --lab {self.lab} down` removes it")
-        if datapath is None:
+
+    def choose_datapath(self, requested: str | None) -> str:
+        if requested is None:
             with self.reporter.step("detect data path"):
-                datapath = self.detect_datapath()
-        elif datapath == "kernel-xfrm":
+                detected = self.detect_datapath()
+            return detected
+        if requested == "kernel-xfrm":
             probed, why = self._probe_datapath()
-            if probed != datapath:
+            if probed != requested:
                 raise UsageError(f"the kernel-xfrm data path needs kernel ESP and XFRM interfaces, but {why}: "
                                  "use --datapath kernel-libipsec (or auto)")
-        secrets = {pair_key(a.name, b.name): pysecrets.token_hex(32)
-                   for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
-        with self.reporter.step("render node configuration"):
-            rendered = render.render_lab(spec, datapath=datapath, secrets=secrets)
-        # Every plugin the rendered files load is there, before anything is created.
-        preflight.require(self.lab_findings(rendered, datapath))
-        with labstate.lab_lock(self.paths):
-            if self.exists():
-                raise UsageError(f"lab {self.lab!r} is already up; `ipsec-lab --lab {self.lab} down` removes it")
-            leftovers = self._lab_namespaces()
-            if leftovers:
-                raise UsageError(
-                    f"namespaces of an earlier lab {self.lab!r} are still there ({leftovers[0]}, ...); "
-                    f"`ipsec-lab --lab {self.lab} down` removes them"
-                )
-            self._state = {
-                "version": 1,
-                "backend": self.name,
-                "phase": "creating",
-                "spec": spec.to_dict(),
-                "datapath": datapath,
-                "secrets": secrets,
-                "created": time.time(),
-                "nodes": {n.name: {"state": "creating", "boots": 0} for n in spec.node_list()},
-                "deployment": None,
-                "pods": [],
-                "service": None,
-            }
-            try:
-                self._save()
-                for node, files in rendered.items():
-                    self._write_node_files(node, files)
-                with self.reporter.step("create underlay"):
-                    self._create_underlay(spec)
-                self._parallel(lambda n: self._boot_node(spec, n, rebooting=False, load=False), spec.node_list())
-                # Answering ends load first: a charon that runs but has no config yet refuses an
-                # initiator with NO_PROPOSAL_CHOSEN, and strongSwan never retries that.
-                for n in reversed(spec.node_list()):
-                    self._load_conns(n.name)
-                self._wait_tunnels(spec, TUNNEL_WAIT_S)
-                self._update(lambda s: s.__setitem__("phase", "up"))
-            except BaseException as exc:
-                if os.environ.get("IPSEC_LAB_NO_ROLLBACK") == "1":  # for debugging a failed bring-up
-                    self.reporter.line(f"bring-up failed ({exc}); left as is (IPSEC_LAB_NO_ROLLBACK=1)", stream="stderr")
-                    raise
-                self.reporter.line(f"bring-up failed ({exc}); rolling back", stream="stderr")
-                self._teardown(quiet=True)
-                raise
-        return self.status()
+        return requested  # kernel-libipsec runs anywhere preflight passed (render refuses unknown ones)
 
-    def _parallel(self, fn: Callable[[Node], Any], nodes: Sequence[Node]) -> list[Any]:
-        if len(nodes) == 1:
-            return [fn(nodes[0])]
-        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
-            futures = [pool.submit(fn, n) for n in nodes]
-            results, first_error = [], None
-            for f in futures:
-                try:
-                    results.append(f.result())
-                except BaseException as exc:  # collect all, raise the first
-                    first_error = first_error or exc
-            if first_error:
-                raise first_error
-            return results
+    def plan(self, spec: LabSpec, datapath: str) -> Plan:
+        secrets = _secrets(spec, lambda: pysecrets.token_hex(32))
+        return Plan(spec, datapath, render.render_lab(spec, datapath=datapath, secrets=secrets), secrets)
+
+    def preflight_plan(self, plan: Plan) -> None:
+        # Every plugin the rendered files load is there, before anything is created.
+        preflight.require(self.lab_findings(plan.files, plan.datapath))
+
+    def before_create(self, plan: Plan) -> None:
+        leftovers = self._lab_namespaces()
+        if leftovers:
+            raise UsageError(
+                f"namespaces of an earlier lab {self.lab!r} are still there ({leftovers[0]}, ...); "
+                f"`ipsec-lab --lab {self.lab} down` removes them"
+            )
+
+    def save_state(self, plan: Plan) -> None:
+        with self._state_lock:
+            self._state = NetnsState(spec=plan.spec, datapath=plan.datapath, secrets=dict(plan.secrets),
+                                     nodes={n.name: NodeRecord() for n in plan.spec.node_list()}, created=time.time())
+            self._save()
+
+    def write_files(self, plan: Plan) -> None:
+        for node, files in plan.files.items():
+            self._write_node_files(node, files)
+
+    def boot(self, plan: Plan) -> None:
+        spec = plan.spec
+        with self.reporter.step("create underlay"):
+            self._create_underlay(spec)
+        parallel(lambda n: self._boot_node(spec, n, rebooting=False, load=False), spec.node_list())
+        # Answering ends load first: a charon that runs but has no config yet refuses an
+        # initiator with NO_PROPOSAL_CHOSEN, and strongSwan never retries that.
+        for n in reversed(spec.node_list()):
+            self._load_conns(n.name)
+
+    def mark_up(self, plan: Plan) -> None:
+        self._update(lambda s: setattr(s, "phase", "up"))
 
     def _write_node_files(self, node: str, files: dict[str, render.RenderedFile]) -> None:
         etc = self.paths.node_etc(node)
@@ -286,7 +287,7 @@ class NetnsBackend(Backend):
         ]
 
     def _check_node(self, node: str) -> LabSpec:
-        spec = self.spec()
+        spec = self.load_state().spec
         spec.node(node)  # raises UsageError for an unknown node
         return spec
 
@@ -298,7 +299,7 @@ class NetnsBackend(Backend):
     def _boot_node(self, spec: LabSpec, node: Node, *, rebooting: bool, load: bool = True) -> None:
         name, ns = node.name, self.node_ns(node.name)
         with self.reporter.step(f"boot {name}", node=name):
-            self._update(lambda s: s["nodes"][name].update(state="booting"))
+            self._update_node(name, state="booting")
             run_dir = self.paths.node_run(name)
             (run_dir / "netns").mkdir(parents=True, exist_ok=True)
             run_dir.chmod(0o755)
@@ -335,8 +336,9 @@ class NetnsBackend(Backend):
             if load:
                 self._load_conns(name, announce=rebooting)
             self._start_podserver(name)
-            self._update(lambda s: s["nodes"][name].update(state="ready", booted_at=time.time(),
-                                                           boots=s["nodes"][name].get("boots", 0) + 1))
+            with self._state_lock:
+                rec = self.state.nodes[name]
+                self._update_node(name, state="ready", booted_at=time.time(), boots=rec.boots + 1)
             if rebooting:
                 self._recreate_node_pods(spec, node)
 
@@ -357,7 +359,7 @@ class NetnsBackend(Backend):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         ref = self._start_daemon(node, [CHARON], "charon.stdout")
-        self._update(lambda s: s["nodes"][node].update(charon=ref.to_list()))
+        self._update_node(node, charon=ref)
         deadline = time.monotonic() + 10
         while True:
             if not proc.alive(ref):
@@ -379,14 +381,14 @@ class NetnsBackend(Backend):
         every connection from here sends INITIAL_CONTACT, so they replace them at once instead of
         waiting for dead peer detection.
         """
-        load = self.exec(node, ["swanctl", "--load-all", "--noprompt"])
+        load = self.exec(node, commands.swanctl_load_all())
         for line in (load.stdout + load.stderr).splitlines():
             self.reporter.line(line, node=node, source="provisioning")
         if not load.ok:
             raise LabError(f"swanctl --load-all failed on {node}: {proc.last_line(load.stderr or load.stdout)}")
-        script = announce_script(self.spec(), node) if announce else None
+        script = commands.announce_script(self.spec(), node) if announce else None
         if script:
-            self.exec(node, ["sh", "-c", script], timeout=15)
+            self.exec(node, commands.sh(script), timeout=15)
             self.reporter.line("initiated the connections this node only answers (INITIAL_CONTACT to the peers)",
                                node=node)
 
@@ -402,7 +404,7 @@ class NetnsBackend(Backend):
 
         # sys.executable imports the same installed tui (a wheel or the editable install): no PYTHONPATH.
         ref = self._start_daemon(node, [sys.executable, "-m", "tui.backends.podserver"], "podserver.log")
-        self._update(lambda s: s["nodes"][node].update(podserver=ref.to_list()))
+        self._update_node(node, podserver=ref)
         deadline = time.monotonic() + 15
         while not (self.paths.node_run(node) / POD_CONTROL).exists():
             if not proc.alive(ref):
@@ -413,8 +415,7 @@ class NetnsBackend(Backend):
 
     def _podserver_sync(self, node: str) -> None:
         with self._state_lock:
-            assert self._state is not None
-            pods = {p["name"]: p["netns"] for p in self._state["pods"] if p["node"] == node and p.get("netns")}
+            pods = {p.name: p.netns for p in self.state.pods_of(node) if p.netns}
         labstate.write_file(self.paths.node_run(node) / POD_LIST, json.dumps(pods), 0o644)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(10)
@@ -429,24 +430,8 @@ class NetnsBackend(Backend):
         if not answer.startswith("ok"):
             raise LabError(f"podserver on {node}: {answer}")
 
-    def _wait_tunnels(self, spec: LabSpec, timeout: float) -> float:
-        t0 = time.monotonic()
-        with self.reporter.step("wait for the IPsec mesh") as step:
-            while True:
-                st = self._tunnel_statuses(spec)
-                up = sum(t.up for t in st)
-                if up == len(st):
-                    step.detail = f"{len(st) // 2} node pairs, {len(st)} tunnel ends ESTABLISHED/INSTALLED"
-                    self.reporter.line(f"all {len(st)} tunnel ends ESTABLISHED with CHILD SA INSTALLED "
-                                       f"in {time.monotonic() - t0:.2f} s")
-                    return time.monotonic() - t0
-                if time.monotonic() - t0 > timeout:
-                    down = [f"{t.node}/{t.name}" for t in st if not t.up]
-                    raise LabError(f"tunnels not established after {timeout:.0f} s: {', '.join(down[:6])}")
-                time.sleep(0.01)
-
-    def _tunnel_statuses(self, spec: LabSpec):
-        out = []
+    def tunnel_statuses(self, spec: LabSpec) -> list[TunnelStatus]:
+        out: list[TunnelStatus] = []
         for n in spec.node_list():
             try:
                 sas = list_sas(str(self.paths.vici_socket(n.name)), timeout=1.0)
@@ -456,8 +441,8 @@ class NetnsBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ pods
-    def _cni(self, node: Node, command: str, container_id: str, netns: str) -> dict:
-        conflist = json.loads((self.paths.node_etc(node.name) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())  # noqa: E501
+    def _cni(self, node: Node, command: str, container_id: str, netns: str) -> dict[str, Any]:
+        conflist = self._conflist(node.name)
         plugin = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"], name=conflist["name"])
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -474,66 +459,62 @@ class NetnsBackend(Backend):
             except ValueError:
                 msg = proc.last_line(res.stderr or res.stdout)
             raise LabError(f"CNI {command} failed on {node.name}: {msg}")
-        return json.loads(res.stdout) if res.stdout.strip() else {}
+        out: dict[str, Any] = json.loads(res.stdout) if res.stdout.strip() else {}
+        return out
 
-    def _create_pod(self, node: Node, name: str, restarts: int = 0) -> dict:
+    def _create_pod(self, node: Node, name: str, restarts: int = 0) -> PodRecord:
         nsid = f"cni-{uuid.uuid4()}"
         host_path = self.paths.node_run(node.name) / "netns" / nsid
         host_path.touch()
         proc.run(["unshare", f"--net={host_path}", "ip", "link", "set", "lo", "up"], what=f"creating pod {name}")
         container_id = uuid.uuid4().hex
         result = self._cni(node, "ADD", container_id, f"/run/netns/{nsid}")
-        ip = result["ips"][0]["address"].split("/")[0]
+        ip = str(result["ips"][0]["address"]).split("/")[0]
         self.reporter.line(f"pod {name}: CNI ADD (bridge, host-local) -> {ip}", node=node.name)
-        return {"name": name, "node": node.name, "ip": ip, "netns": f"/run/netns/{nsid}", "id": container_id,
-                "restarts": restarts, "created": time.time()}
+        return PodRecord(name=name, node=node.name, ip=ip, netns=f"/run/netns/{nsid}", id=container_id,
+                         restarts=restarts, created=time.time())
 
-    def _destroy_pod(self, spec: LabSpec, pod: dict, *, cni_del: bool = True) -> None:
-        node = spec.node(pod["node"])
-        if cni_del and pod.get("netns"):
+    def _destroy_pod(self, spec: LabSpec, pod: PodRecord, *, cni_del: bool = True) -> None:
+        node = spec.node(pod.node)
+        if cni_del and pod.netns:
             with contextlib.suppress(LabError):
-                self._cni(node, "DEL", pod["id"], pod["netns"])
-        if pod.get("netns"):
-            host_path = self.paths.node_run(node.name) / "netns" / Path(pod["netns"]).name
+                self._cni(node, "DEL", pod.id, pod.netns)
+        if pod.netns:
+            host_path = self.paths.node_run(node.name) / "netns" / Path(pod.netns).name
             proc.umount_lazy(str(host_path))
             with contextlib.suppress(FileNotFoundError):
                 host_path.unlink()
 
-    def _pods_of(self, node: str) -> list[dict]:
-        assert self._state is not None
-        return [p for p in self._state["pods"] if p["node"] == node]
-
     def deploy(self, replicas: int = 9) -> list[Pod]:
-        if not 0 <= replicas <= 250:
-            raise UsageError(f"replicas must be between 0 and 250, got {replicas}")
+        validate_replicas(replicas)
         with labstate.lab_lock(self.paths):
-            st = self._load()
-            spec = LabSpec.from_dict(st["spec"])
+            st = self.load_state()
+            spec = st.spec
             if replicas > spec.nodes * 250:
                 raise UsageError("more replicas than the nodes' /24 ranges can hold")
-            dep = st.get("deployment") or {"name": naming.DEPLOYMENT_NAME, "hash": _rand(10), "replicas": 0}
-            st["deployment"] = dict(dep, replicas=replicas)
-            pods = st["pods"]
+            dep = st.deployment or Deployment(naming.DEPLOYMENT_NAME, _rand(10), 0)
+            st.deployment = replace(dep, replicas=replicas)
+            pods = st.pods
             with self.reporter.step(f"deploy {naming.DEPLOYMENT_NAME} x{replicas}"):
                 # Scale down: newest pods first, from the fullest node.
-                doomed = []
+                doomed: list[PodRecord] = []
                 while len(pods) - len(doomed) > replicas:
                     left = [p for p in pods if p not in doomed]
-                    counts = {n.name: sum(p["node"] == n.name for p in left) for n in spec.node_list()}
+                    counts = {n.name: sum(p.node == n.name for p in left) for n in spec.node_list()}
                     fullest = max(counts, key=lambda k: (counts[k], spec.node(k).index))
-                    doomed.append(max((p for p in left if p["node"] == fullest), key=lambda p: p["created"]))
+                    doomed.append(max((p for p in left if p.node == fullest), key=lambda p: p.created))
                 # Scale up: round-robin over the nodes with the fewest pods (3 per node for 9 on 3).
                 placement: dict[str, list[str]] = {}
-                counts = {n.name: sum(p["node"] == n.name for p in pods if p not in doomed) for n in spec.node_list()}
-                existing = {p["name"] for p in pods}
+                counts = {n.name: sum(p.node == n.name for p in pods if p not in doomed) for n in spec.node_list()}
+                existing = {p.name for p in pods}
                 for _ in range(replicas - (len(pods) - len(doomed))):
                     target = min(counts, key=lambda k: (counts[k], spec.node(k).index))
                     counts[target] += 1
-                    name = self._new_pod_name(dep["hash"], existing)
+                    name = self._new_pod_name(dep.hash, existing)
                     existing.add(name)
                     placement.setdefault(target, []).append(name)
                 self._apply_pod_changes(spec, doomed, placement)
-            return [self._pod(p) for p in self._state["pods"]]  # type: ignore[index]
+            return [self._pod(p) for p in self.state.pods]
 
     def _new_pod_name(self, pod_hash: str, taken: set[str]) -> str:
         while True:
@@ -541,103 +522,93 @@ class NetnsBackend(Backend):
             if name not in taken:
                 return name
 
-    def _apply_pod_changes(self, spec: LabSpec, doomed: list[dict], placement: dict[str, list[str]]) -> None:
+    def _apply_pod_changes(self, spec: LabSpec, doomed: list[PodRecord], placement: dict[str, list[str]]) -> None:
         for p in doomed:
             self._destroy_pod(spec, p)
-            self.reporter.line(f"pod {p['name']} deleted (CNI DEL)", node=p["node"])
-        with self._state_lock:
-            assert self._state is not None
-            names = {p["name"] for p in doomed}
-            self._state["pods"] = [p for p in self._state["pods"] if p["name"] not in names]
-            self._save()
-        touched = {p["node"] for p in doomed} | set(placement)
+            self.reporter.line(f"pod {p.name} deleted (CNI DEL)", node=p.node)
+        names = {p.name for p in doomed}
+        self._update(lambda s: setattr(s, "pods", [p for p in s.pods if p.name not in names]))
+        touched = {p.node for p in doomed} | set(placement)
 
         def create_on(node: Node) -> None:
             for name in placement.get(node.name, []):
                 pod = self._create_pod(node, name)
-                with self._state_lock:
-                    self._state["pods"].append(pod)  # type: ignore[index]
-                    self._save()
+                self._update(lambda s: s.pods.append(pod))
             if node.name in touched:
                 self._podserver_sync(node.name)
 
-        self._parallel(create_on, [n for n in spec.node_list() if n.name in touched])
+        parallel(create_on, [n for n in spec.node_list() if n.name in touched])
         if touched:
             self._sync_service_rules(spec)
 
     def delete_pod(self, name: str) -> Pod:
         with labstate.lab_lock(self.paths):
-            st = self._load()
-            spec = LabSpec.from_dict(st["spec"])
-            pod = next((p for p in st["pods"] if p["name"] == name), None)
+            st = self.load_state()
+            spec = st.spec
+            pod = st.pod(name)
             if pod is None:
                 raise NotFoundError(f"no pod named {name!r}; `ipsec-lab status` lists the pods")
-            dep = st["deployment"]
-            replacement = self._new_pod_name(dep["hash"], {p["name"] for p in st["pods"]})
+            pod_hash = st.deployment.hash if st.deployment else _rand(10)
+            replacement = self._new_pod_name(pod_hash, {p.name for p in st.pods})
             # The Deployment controller schedules the replacement on the node with the fewest pods.
-            counts = {n.name: sum(p["node"] == n.name for p in st["pods"] if p is not pod) for n in spec.node_list()}
+            counts = {n.name: sum(p.node == n.name for p in st.pods if p is not pod) for n in spec.node_list()}
             target = min(counts, key=lambda k: (counts[k], spec.node(k).index))
             self._apply_pod_changes(spec, [pod], {target: [replacement]})
-            return self._pod(next(p for p in self._state["pods"] if p["name"] == replacement))  # type: ignore[index]
+            fresh = self.state.pod(replacement)
+            assert fresh is not None  # just added by _apply_pod_changes
+            return self._pod(fresh)
 
     def _recreate_node_pods(self, spec: LabSpec, node: Node) -> None:
         """After a reboot: the node's pods come back (same names, one more restart, new sandboxes)."""
         with self._state_lock:
-            old = [dict(p) for p in self._pods_of(node.name)]
+            old = list(self.state.pods_of(node.name))
         for p in old:
-            fresh = self._create_pod(node, p["name"], restarts=p.get("restarts", 0) + 1)
-            with self._state_lock:
-                self._state["pods"] = [fresh if q["name"] == p["name"] else q for q in self._state["pods"]]  # type: ignore[index]
-                self._save()
+            fresh = self._create_pod(node, p.name, restarts=p.restarts + 1)
+            self._update(lambda s: setattr(s, "pods", [fresh if q.name == fresh.name else q for q in s.pods]))
         self._podserver_sync(node.name)
 
-    def _pod(self, p: dict) -> Pod:
-        return Pod(name=p["name"], node=p["node"], ip=p.get("ip"), restarts=p.get("restarts", 0),
-                   created=p.get("created", 0.0), netns=p.get("netns", ""))
+    def _pod(self, p: PodRecord) -> Pod:
+        return Pod(name=p.name, node=p.node, ip=p.ip, restarts=p.restarts, created=p.created, netns=p.netns)
 
     # ------------------------------------------------------------------ service (kube-proxy's job)
     def expose(self, node_port: int | None = None) -> Service:
+        validate_node_port(node_port)
         lo, hi = NODE_PORT_RANGE
-        if node_port is not None and not lo <= node_port <= hi:
-            raise UsageError(f"node port must be in {lo}-{hi}, got {node_port}")
         with labstate.lab_lock(self.paths):
-            st = self._load()
-            if not st.get("deployment"):
+            st = self.load_state()
+            if st.deployment is None:
                 raise UsageError("nothing to expose: deploy first (`ipsec-lab deploy`)")
             if node_port is None:
-                node_port = (st.get("service") or {}).get("node_port") or random.randint(lo, hi)
-            svc = {"name": naming.DEPLOYMENT_NAME, "type": "NodePort", "port": POD_PORT, "node_port": node_port}
-            self._update(lambda s: s.__setitem__("service", svc))
+                node_port = st.service.node_port if st.service else random.randint(lo, hi)
+            svc = Service(name=naming.DEPLOYMENT_NAME, type="NodePort", port=POD_PORT, node_port=node_port)
+            self._update(lambda s: setattr(s, "service", svc))
             with self.reporter.step(f"expose {naming.DEPLOYMENT_NAME} on node port {node_port}"):
-                self._sync_service_rules(LabSpec.from_dict(st["spec"]))
-            return Service(**svc)
+                self._sync_service_rules(st.spec)
+            return svc
 
     def _sync_service_rules(self, spec: LabSpec) -> None:
         with self._state_lock:
-            assert self._state is not None
-            svc = self._state.get("service")
-            endpoints = [p["ip"] for p in self._state["pods"] if p.get("ip")]
-        if not svc:
+            svc = self.state.service
+            endpoints = [p.ip for p in self.state.pods if p.ip]
+        if svc is None:
             return
-        self._parallel(lambda n: self._apply_service_rules(spec, n, svc, endpoints), spec.node_list())
+        parallel(lambda n: self._apply_service_rules(spec, n, svc, endpoints), spec.node_list())
 
-    def _apply_service_rules(self, spec: LabSpec, node: Node, svc: dict, endpoints: list[str]) -> None:
-        rules = kube_proxy_rules(spec, node, svc, endpoints)
-        res = self.exec(node.name, ["iptables-restore", "-w"], input=rules)
+    def _apply_service_rules(self, spec: LabSpec, node: Node, svc: Service, endpoints: list[str]) -> None:
+        rules = render.render_kube_proxy_rules(spec, node, svc, endpoints)
+        res = self.exec(node.name, commands.iptables_restore(), input=rules)
         if not res.ok:
             raise LabError(f"iptables-restore failed on {node.name}: {proc.last_line(res.stderr)}")
         # Forwarded NodePort traffic (from the underlay to a pod elsewhere) passes FORWARD DROP
         # only with kube-proxy's mark, as kube-proxy's KUBE-FORWARD chain allows it.
-        self.exec(node.name, ["sh", "-c",
-                              "iptables -w -C FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT 2>/dev/null || "
-                              "iptables -w -A FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT"])
-        self.reporter.line(f"kube-proxy rules: node port {svc['node_port']} -> {len(endpoints)} endpoints", node=node.name)
+        self.exec(node.name, commands.iptables_ensure("FORWARD", commands.KUBE_FORWARD_RULE))
+        self.reporter.line(f"kube-proxy rules: node port {svc.node_port} -> {len(endpoints)} endpoints", node=node.name)
 
     # ------------------------------------------------------------------ faults
     def tunnel_down(self, node: str, conn: str) -> str:
         spec = self._check_node(node)
         spec.tunnel(node, conn)
-        cmd = ["swanctl", "--terminate", "--ike", conn]
+        cmd = commands.swanctl_terminate_ike(conn)
         with self.reporter.step(f"{' '.join(cmd)} on {node} (the seed's `ipsec down {conn}`)", node=node):
             res = self.exec(node, cmd, timeout=15)
             for line in (res.stdout + res.stderr).splitlines():
@@ -649,8 +620,8 @@ class NetnsBackend(Backend):
     def tunnel_up(self, node: str, conn: str) -> str:
         spec = self._check_node(node)
         spec.tunnel(node, conn)
-        cmd = ["swanctl", "--initiate", "--child", conn, "--timeout", "10"]
-        current = next((t for t in self._tunnel_statuses(spec) if t.node == node and t.name == conn), None)
+        cmd = commands.swanctl_initiate_child(conn)
+        current = next((t for t in self.tunnel_statuses(spec) if t.node == node and t.name == conn), None)
         if current is not None and current.up:
             self.reporter.line(f"{conn} on {node} is already up", node=node, source="actions")
             return " ".join(cmd)
@@ -664,7 +635,7 @@ class NetnsBackend(Backend):
         with labstate.lab_lock(self.paths):
             self._check_node(node)
             with self.reporter.step(f"restart strongSwan on {node}", node=node):
-                ref = ProcRef.from_list(self._state["nodes"][node].get("charon"))  # type: ignore[index]
+                ref = self.state.nodes[node].charon
                 # Killed, as a crash (and systemd's Restart=) would: a graceful stop sends DELETEs
                 # that make every peer re-initiate at the moment the new daemon does, leaving
                 # duplicate IKE SAs. The new charon's INITIAL_CONTACT clears the peers' old SAs.
@@ -686,40 +657,44 @@ class NetnsBackend(Backend):
     def _halt_node(self, node: Node) -> None:
         """Power off: processes killed, the namespace and its /run (pods, IPAM data) gone."""
         name = node.name
-        self._update(lambda s: s["nodes"][name].update(state="down"))
-        info = self._state["nodes"][name]  # type: ignore[index]
-        proc.stop([ProcRef.from_list(info.get("charon")), ProcRef.from_list(info.get("podserver"))],
-                  grace=0.0, sig=signal.SIGKILL)
+        self._update_node(name, state="down")
+        rec = self.state.nodes[name]
+        proc.stop([rec.charon, rec.podserver], grace=0.0, sig=signal.SIGKILL)
         self._kill_namespace_processes(self.node_ns(name))
         proc.run(["ip", "-n", self.ul_ns, "link", "del", naming.underlay_port(node.index)], check=False)
         run_dir = self.paths.node_run(name)
         proc.umount_all_under(str(run_dir))
         shutil.rmtree(run_dir, ignore_errors=True)
         proc.run(["ip", "netns", "del", self.node_ns(name)], check=False)
-        with self._state_lock:
-            for p in self._pods_of(name):
-                p.update(ip=None, netns="")
-            self._save()
+
+        def forget_sandboxes(s: NetnsState) -> None:
+            for p in s.pods_of(name):
+                p.ip, p.netns = None, ""
+
+        self._update(forget_sandboxes)
         self.reporter.line(f"{name} powered off: processes stopped, namespace and /run wiped", node=name)
 
     def set_underlay_link(self, node: str, up: bool) -> None:
         spec = self._check_node(node)
         port = naming.underlay_port(spec.node(node).index)
-        proc.run(["ip", "-n", self.ul_ns, "link", "set", port, "up" if up else "down"])
+        proc.run(["ip", "-n", self.ul_ns, *commands.ip_link_set(port, up)[1:]])
         self.reporter.line(f"underlay link of {node} {'restored' if up else 'cut'}", node=node, source="actions")
 
-    def cni_config(self, node: str) -> dict:
+    def cni_config(self, node: str) -> dict[str, Any]:
         self._check_node(node)
-        return json.loads((self.paths.node_etc(node) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())
+        return self._conflist(node)
+
+    def _conflist(self, node: str) -> dict[str, Any]:
+        conf: dict[str, Any] = json.loads((self.paths.node_etc(node) / "cni" / "net.d" / "10-ipsec-lab.conflist").read_text())
+        return conf
 
     def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:
-        st = self._load()
-        p = next((q for q in st["pods"] if q["name"] == pod), None)
+        p = self.load_state().pod(pod)
         if p is None:
             raise NotFoundError(f"no pod named {pod!r}; `ipsec-lab status` lists the pods")
-        if not p.get("netns"):
+        if not p.netns:
             raise LabError(f"pod {pod} has no sandbox right now (its node is rebooting)")
-        return self.exec(p["node"], ["nsenter", f"--net={p['netns']}", *argv], timeout=timeout)
+        return self.exec(p.node, ["nsenter", f"--net={p.netns}", *argv], timeout=timeout)
 
     # ------------------------------------------------------------------ captures
     def start_capture(self, name: str) -> object:
@@ -731,57 +706,56 @@ class NetnsBackend(Backend):
             ["ip", "netns", "exec", self.ul_ns, "tcpdump", "-n", "-U", "--immediate-mode", "-i", naming.UNDERLAY_BRIDGE, "-w", str(path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        assert p.stderr is not None
+        assert p.stderr is not None  # stderr=PIPE
         line = p.stderr.readline()  # "tcpdump: listening on br0, ..." once the socket is open
         if "listening on" not in line:
             p.kill()
             p.wait()
             raise LabError(f"tcpdump on the underlay did not start: {line.strip()}")
-        return (p, str(path))
+        return _Capture(p, str(path))
 
     def stop_capture(self, handle: object) -> str:
-        p, path = handle  # type: ignore[misc]
+        if not isinstance(handle, _Capture):
+            raise TypeError(f"not a capture of this backend: {handle!r}")
+        p = handle.process
         p.send_signal(signal.SIGINT)
         try:
             p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-        return path
+        return handle.path
 
     # ------------------------------------------------------------------ status
     def status(self) -> LabStatus:
-        st = self._load()
-        spec = LabSpec.from_dict(st["spec"])
+        st = self.load_state()
+        spec = st.spec
         nodes = []
-        tunnels = []
+        tunnels: list[TunnelStatus] = []
         pod_counts: dict[str, int] = {}
-        for p in st["pods"]:
-            pod_counts[p["node"]] = pod_counts.get(p["node"], 0) + 1
+        for p in st.pods:
+            pod_counts[p.node] = pod_counts.get(p.node, 0) + 1
         for n in spec.node_list():
-            info = st["nodes"].get(n.name, {})
-            charon = ProcRef.from_list(info.get("charon"))
-            running = proc.alive(charon)
+            rec = st.nodes.get(n.name, NodeRecord(state="unknown"))
+            running = proc.alive(rec.charon)
             try:
                 sas = list_sas(str(self.paths.vici_socket(n.name)), timeout=1.0) if running else None
             except OSError:
                 sas = None
             tunnels.extend(tunnel_statuses(spec.tunnels_of(n), sas))
             nodes.append(NodeStatus(
-                name=n.name, ip=str(n.underlay_ip), pod_cidr=str(n.pod_cidr), state=info.get("state", "unknown"),
-                ipsec_state="running" if running else "stopped", ipsec_uptime=proc.uptime_of(charon),
+                name=n.name, ip=str(n.underlay_ip), pod_cidr=str(n.pod_cidr), state=rec.state,
+                ipsec_state="running" if running else "stopped", ipsec_uptime=proc.uptime_of(rec.charon),
                 pods=pod_counts.get(n.name, 0), ipam_used=self._ipam_used(n.name),
             ))
         pods = []
-        for p in st["pods"]:
-            node_state = st["nodes"].get(p["node"], {}).get("state")
-            server = ProcRef.from_list(st["nodes"].get(p["node"], {}).get("podserver"))
-            state = "Running" if node_state == "ready" and p.get("ip") and proc.alive(server) else (
-                "ContainerCreating" if node_state in ("booting", "down") else "Unknown")
-            pods.append(Pod(name=p["name"], node=p["node"], ip=p.get("ip"), state=state,
-                            restarts=p.get("restarts", 0), created=p.get("created", 0.0), netns=p.get("netns", "")))
-        services = [Service(**st["service"])] if st.get("service") else []
-        return LabStatus(self.lab, self.name, st.get("datapath", "?"), nodes, tunnels, pods, services)
+        for p in st.pods:
+            rec = st.nodes.get(p.node, NodeRecord(state="unknown"))
+            state = "Running" if rec.state == "ready" and p.ip and proc.alive(rec.podserver) else (
+                "ContainerCreating" if rec.state in ("booting", "down") else "Unknown")
+            pods.append(replace(self._pod(p), state=state))
+        services = [st.service] if st.service else []
+        return LabStatus(self.lab, self.name, st.datapath, nodes, tunnels, pods, services)
 
     def _ipam_used(self, node: str) -> int:
         d = self.paths.node_run(node) / "cni" / "networks" / "ipsec-lab"
@@ -802,7 +776,7 @@ class NetnsBackend(Backend):
     def _kill_namespace_processes(self, ns: str) -> None:
         """Processes inside one of this lab's namespaces (started by the lab or a user's exec)."""
         res = proc.run(["ip", "netns", "pids", ns], check=False)
-        refs = []
+        refs: list[ProcRef | None] = []
         for tok in res.stdout.split():
             if tok.isdigit() and int(tok) != os.getpid():
                 st = proc.start_time(int(tok))
@@ -811,24 +785,13 @@ class NetnsBackend(Backend):
         if refs:
             proc.stop(refs, grace=0.5, sig=signal.SIGKILL)
 
-    def down(self) -> list[str]:
-        removed: list[str] = []
-        with labstate.lab_lock(self.paths):
-            removed = self._teardown(quiet=False)
-        return removed
-
-    def _teardown(self, quiet: bool) -> list[str]:
+    def teardown(self, quiet: bool) -> list[str]:
         removed: list[str] = []
         try:
-            st = labstate.load_state(self.paths)
-        except LabError:
-            st = {}
-        refs = []
-        for info in (st.get("nodes") or {}).values():
-            for key in ("charon", "podserver"):
-                r = ProcRef.from_list(info.get(key))
-                if proc.alive(r):
-                    refs.append(r)
+            nodes = NetnsState.from_json(labstate.load_state(self.paths)).nodes
+        except (LabError, KeyError, TypeError, ValueError):  # no state, or state.json cut short
+            nodes = {}
+        refs: list[ProcRef | None] = [r for rec in nodes.values() for r in (rec.charon, rec.podserver) if proc.alive(r)]
         if refs:
             proc.stop(refs, grace=1.0)
             removed.append(f"{len(refs)} processes")
@@ -851,41 +814,6 @@ class NetnsBackend(Backend):
         return removed
 
 
-def kube_proxy_rules(spec: LabSpec, node: Node, svc: dict, endpoints: list[str]) -> str:
-    """The nat table kube-proxy's iptables mode would write for one NodePort service.
-
-    Each endpoint is chosen with probability 1/(n-i) in turn, which spreads connections evenly.
-    Traffic from outside the pod network is marked and SNATed to the node's cni0 address (not
-    MASQUERADE: ipsec0 has no address, and the tunnels carry only pod-range sources).
-    """
-    svc_chain = "KUBE-SVC-BOOTCAMP"
-    lines = [
-        "*nat",
-        ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
-        ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
-        f":{svc_chain} - [0:0]",
-    ]
-    seps = [f"KUBE-SEP-{i:03d}" for i in range(len(endpoints))]
-    lines += [f":{s} - [0:0]" for s in seps]
-    lines += [
-        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
-        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
-        f"-A KUBE-POSTROUTING -j SNAT --to-source {node.cni0_ip}",
-        "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
-        f'-A KUBE-NODEPORTS -p tcp -m comment --comment "default/{svc["name"]}" -m tcp --dport {svc["node_port"]} -j {svc_chain}',
-        f"-A {svc_chain} ! -s {spec.pod_supernet} -j KUBE-MARK-MASQ",
-    ]
-    n = len(endpoints)
-    for i, (ip, sep) in enumerate(zip(endpoints, seps)):
-        if i < n - 1:
-            lines.append(f"-A {svc_chain} -m statistic --mode random --probability {1.0 / (n - i):.11f} -j {sep}")
-        else:
-            lines.append(f"-A {svc_chain} -j {sep}")
-        lines.append(f"-A {sep} -s {ip}/32 -j KUBE-MARK-MASQ")
-        lines.append(f"-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{svc['port']}")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+def _secrets(spec: LabSpec, make: Callable[[], str]) -> dict[str, str]:
+    """One pre-shared key per node pair."""
+    return {pair_key(a.name, b.name): make() for a in spec.node_list() for b in spec.node_list() if a.index < b.index}

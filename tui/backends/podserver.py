@@ -112,12 +112,14 @@ class PodServer:
         while True:
             for key, _ in self.sel.select():
                 kind, data = key.data
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)  # only sockets are registered
                 if kind == "control":
-                    self._control(key.fileobj)  # type: ignore[arg-type]
+                    self._control(sock)
                 elif kind == "listen":
-                    self._accept(key.fileobj, data)  # type: ignore[arg-type]
+                    self._accept(sock, data)
                 else:
-                    self._read(key.fileobj, data)  # type: ignore[arg-type]
+                    self._read(sock, data)
 
     def _control(self, sock: socket.socket) -> None:
         conn, _ = sock.accept()

@@ -15,9 +15,7 @@ def get_backend(name: str, lab: str, reporter: Reporter | None = None) -> Backen
 
         return NetnsBackend(lab, reporter)
     if name == "vagrant":
-        try:
-            from .vagrant import VagrantBackend  # type: ignore[import-not-found]
-        except ImportError:
-            raise UsageError("the vagrant backend is not available in this build yet") from None
+        from .vagrant import VagrantBackend
+
         return VagrantBackend(lab, reporter)
     raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -25,25 +26,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import logging
 
 # python-vagrant warns on import when vagrant is not on PATH; preflight says it in one line.
 logging.getLogger("vagrant").addHandler(logging.NullHandler())
 import vagrant as pyvagrant  # noqa: E402
 
-from ..lab import naming, render, state as labstate
+from ..lab import commands, naming, parsers, pcap, render, state as labstate
 from ..lab.errors import LabError, NotFoundError, UsageError
 from ..lab.events import Reporter
-from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Pod, Service
+from ..lab.model import POD_PORT, LabSpec, Pod, Service, validate_node_port, validate_replicas
 from ..lab.proc import Result
 from ..lab.status import LabStatus, NodeStatus, TunnelStatus
 from ..lab.vici_status import tunnel_statuses
-from . import vagrant_support as vs
-from .base import Backend, announce_script
+from . import vagrant_files as vf, vagrant_preflight as vp
+from .base import Backend, Plan, parallel_or_error, split_complete_lines
+from .ssh import NodeShells
+from .vagrant_output import VagrantOutput, line_pipe
 
 DATAPATH = "kernel-xfrm"
 TUNNEL_WAIT_S = float(os.environ.get("IPSEC_LAB_VAGRANT_TUNNEL_WAIT", "300"))
@@ -54,49 +55,71 @@ SPREAD_PATCH = json.dumps([{
     "value": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
                "labelSelector": {"matchLabels": {"app": naming.DEPLOYMENT_NAME}}}],
 }])
-# The node's private interface, found by its address (eth1, enp0s8, ... depend on box and provider).
-FIND_UNDERLAY_IF = ("ip -o -4 addr show | awk -v ip=\"$1\" "
-                    "'{ split($4, a, \"/\"); if (a[1] == ip) { print $2; exit } }'")
 
 
-class _MachineReadableVagrant(pyvagrant.Vagrant):
+class _MachineReadableVagrant(pyvagrant.Vagrant):  # type: ignore[misc]  # python-vagrant ships no types: Any
     """python-vagrant, with --machine-readable on the commands whose output we stream, so that
     every line names the machine it is about."""
 
     MACHINE_READABLE = {"up", "reload", "halt", "destroy", "provision"}
 
-    def _make_vagrant_command(self, args):  # type: ignore[override]
-        cmd = super()._make_vagrant_command(args)
+    def _make_vagrant_command(self, args: Sequence[str]) -> list[str]:
+        cmd: list[str] = super()._make_vagrant_command(args)
         if len(cmd) > 1 and cmd[1] in self.MACHINE_READABLE and "--machine-readable" not in cmd:
             cmd.append("--machine-readable")
         return cmd
 
 
+@dataclass(frozen=True)
+class _Capture:
+    name: str
+    nodes: dict[str, str]  # node -> the capture's files on it, without extension
+
+
 class VagrantBackend(Backend):
     name = "vagrant"
+    mesh_timeout = TUNNEL_WAIT_S
+    mesh_poll = 1.0
+    reboot_wait_s = 300.0  # how long a rebooted node may take to answer over SSH
+    reboot_poll_s = 2.0  # seconds between two tries
 
-    def __init__(self, lab: str, reporter: Reporter | None = None, *, host: vs.HostFacts | None = None) -> None:
+    def __init__(self, lab: str, reporter: Reporter | None = None, *, host: vp.HostFacts | None = None) -> None:
         super().__init__(naming.validate_lab_name(lab), reporter)
-        self.paths = labstate.LabPaths.of(lab)
-        self.files = vs.LabFiles.of(lab)
+        self.files = vf.LabFiles.of(lab)
         self.host = host
-        self.shells = vs.NodeShells(self._ssh_config)
+        self.shells = NodeShells(self._ssh_config)
         self._ssh_configs: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ capabilities
+    def read_charon_log(self, node: str, offset: int) -> tuple[list[str], int]:
+        """The node's charon log, fetched over SSH from byte `offset` (from 0 when the log is now
+        shorter: the node rebooted). A node that cannot be reached gives no lines."""
+        try:
+            res = self.exec(node, commands.read_file_from(commands.CHARON_LOG, offset), timeout=10)
+        except LabError:
+            return [], offset
+        size_line, _, data = res.stdout.partition("\n")
+        try:
+            size = int(size_line.strip())
+        except ValueError:
+            return [], offset
+        start = offset if size >= offset else 0
+        return split_complete_lines(data.encode(), start)
 
     # ------------------------------------------------------------------ vagrant itself
     def _env(self) -> dict[str, str]:
         return dict(os.environ, **self.files.env())
 
-    def _vagrant(self, output: vs.VagrantOutput | None = None) -> pyvagrant.Vagrant:
-        out = output or vs.VagrantOutput(self.reporter)
+    def _vagrant(self, output: VagrantOutput | None = None) -> _MachineReadableVagrant:
+        out = output or VagrantOutput(self.reporter)
         return _MachineReadableVagrant(
-            root=str(vs.ROOT), env=self._env(),
-            out_cm=lambda: vs.line_pipe(lambda line: out.feed(line, "stdout")),
-            err_cm=lambda: vs.line_pipe(lambda line: out.feed(line, "stderr")),
+            root=str(vf.ROOT), env=self._env(),
+            out_cm=lambda: line_pipe(lambda line: out.feed(line, "stdout")),
+            err_cm=lambda: line_pipe(lambda line: out.feed(line, "stderr")),
         )
 
-    def _run_vagrant(self, what: str, fn: Callable[[pyvagrant.Vagrant], Any]) -> Any:
-        out = vs.VagrantOutput(self.reporter)
+    def _run_vagrant(self, what: str, fn: Callable[[_MachineReadableVagrant], Any]) -> Any:
+        out = VagrantOutput(self.reporter)
         try:
             return fn(self._vagrant(out))
         except subprocess.CalledProcessError as exc:
@@ -107,7 +130,7 @@ class VagrantBackend(Backend):
 
     def _ssh_config(self, node: str) -> str:
         if node not in self._ssh_configs:
-            self._ssh_configs[node] = self._run_vagrant(f"ssh-config {node}", lambda v: v.ssh_config(vm_name=node))
+            self._ssh_configs[node] = str(self._run_vagrant(f"ssh-config {node}", lambda v: v.ssh_config(vm_name=node)))
         return self._ssh_configs[node]
 
     def _forget_node(self, node: str) -> None:
@@ -125,10 +148,10 @@ class VagrantBackend(Backend):
         if not self.files.spec_file.exists():
             raise NotFoundError(f"no Vagrant lab named {self.lab!r} (start one with "
                                 f"`ipsec-lab --backend vagrant --lab {self.lab} up`)")
-        return LabSpec.from_dict(vs.read_vagrant_spec(self.files)["spec"])
+        return LabSpec.from_dict(vf.read_vagrant_spec(self.files)["spec"])
 
     def _other_labs(self) -> dict[str, ipaddress.IPv4Network]:
-        out = {}
+        out: dict[str, ipaddress.IPv4Network] = {}
         for p in self.files.base.glob("*/vagrant.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 out[p.parent.name] = ipaddress.IPv4Network(json.loads(p.read_text())["spec"]["underlay"])
@@ -141,63 +164,48 @@ class VagrantBackend(Backend):
             "vagrant_env": self.files.env(), "created": time.time(),
         })
 
-    # ------------------------------------------------------------------ preflight and up
-    def preflight(self, spec: LabSpec) -> str:
-        return vs.preflight(spec, self.host or vs.HostFacts(), self._other_labs())
+    # ------------------------------------------------------------------ up: the base's hooks
+    def preflight(self, spec: LabSpec) -> None:
+        self._provider = vp.preflight(spec, self.host or vp.HostFacts(), self._other_labs())
+
+    def choose_datapath(self, requested: str | None) -> str:
+        if requested not in (None, DATAPATH):
+            raise UsageError(f"the Vagrant backend uses the {DATAPATH} data path (the VMs' kernels have ESP "
+                             f"and XFRM interfaces), not {requested}")
+        return DATAPATH
+
+    def plan(self, spec: LabSpec, datapath: str) -> Plan:
+        secrets = vf.lab_secrets(spec, self.files)
+        box = vf.box()
+        return Plan(spec, datapath, vf.render_lab_files(spec, secrets), secrets,
+                    detail=f"{spec.nodes} nodes, box {box}, files in {self.files.dir}",
+                    extra={"provider": self._provider, "box": box})
+
+    def save_state(self, plan: Plan) -> None:
+        # The Vagrantfile's spec first: the run state names it, and `down` destroys what it lists.
+        vf.write_lab_files(plan.spec, self.files, plan.extra["box"], secrets=plan.secrets, rendered=plan.files)
+        self._save_run_state(plan.extra["provider"], "creating")
+
+    def write_files(self, plan: Plan) -> None:
+        """Written with the spec in save_state: the Vagrantfile reads both."""
+
+    def boot(self, plan: Plan) -> None:
+        provider = plan.extra["provider"]
+        with self.reporter.step(f"vagrant up ({provider}, {plan.spec.nodes} VMs)"):
+            self._run_vagrant("up", lambda v: v.up(provider=provider, provision=True))
+
+    def mark_up(self, plan: Plan) -> None:
+        self._save_run_state(plan.extra["provider"], "up")
 
     def prepare(self, spec: LabSpec) -> dict[str, Any]:
         """Write the spec the Vagrantfile reads and every node's rendered files."""
-        return vs.write_lab_files(spec, self.files)
+        return vf.write_lab_files(spec, self.files)
 
-    def up(self, spec: LabSpec, *, datapath: str | None = None) -> LabStatus:
-        if spec.name != self.lab:
-            raise UsageError(f"spec is for lab {spec.name!r}, backend for {self.lab!r}")
-        if datapath not in (None, DATAPATH):
-            raise UsageError(f"the Vagrant backend uses the {DATAPATH} data path (the VMs' kernels have ESP "
-                             f"and XFRM interfaces), not {datapath}")
-        if self.exists():
-            raise UsageError(f"lab {self.lab!r} is already up; `ipsec-lab --backend vagrant --lab {self.lab} down` "
-                             f"removes it")
-        provider = self.preflight(spec)  # one clear line and nothing changed, or the provider
-        with labstate.lab_lock(self.paths):
-            with self.reporter.step("render node configuration") as step:
-                vspec = self.prepare(spec)
-                step.detail = f"{len(vspec['nodes'])} nodes, box {vspec['box']}, files in {self.files.dir}"
-            self._save_run_state(provider, "creating")
-            try:
-                with self.reporter.step(f"vagrant up ({provider}, {spec.nodes} VMs)"):
-                    self._run_vagrant("up", lambda v: v.up(provider=provider, provision=True))
-                self._wait_tunnels(spec, TUNNEL_WAIT_S)
-                self._save_run_state(provider, "up")
-            except BaseException as exc:
-                if os.environ.get("IPSEC_LAB_NO_ROLLBACK") == "1":
-                    self.reporter.line(f"bring-up failed ({exc}); VMs left as they are (IPSEC_LAB_NO_ROLLBACK=1)",
-                                       stream="stderr")
-                    raise
-                self.reporter.line(f"bring-up failed ({exc}); destroying the VMs", stream="stderr")
-                self._teardown()
-                raise
-        return self.status()
-
-    def _wait_tunnels(self, spec: LabSpec, timeout: float) -> None:
-        t0 = time.monotonic()
-        with self.reporter.step("wait for the IPsec mesh") as step:
-            while True:
-                st = self._tunnels(spec, {})
-                if st and all(t.up for t in st):
-                    step.detail = f"{len(st)} tunnel ends ESTABLISHED/INSTALLED in {time.monotonic() - t0:.1f} s"
-                    return
-                if time.monotonic() - t0 > timeout:
-                    down = [f"{t.node}/{t.name}" for t in st if not t.up]
-                    raise LabError(f"tunnels not established after {timeout:.0f} s: {', '.join(down[:6])}")
-                time.sleep(1.0)
+    def tunnel_statuses(self, spec: LabSpec) -> list[TunnelStatus]:
+        return self._tunnels(spec, {})
 
     # ------------------------------------------------------------------ down
-    def down(self) -> list[str]:
-        with labstate.lab_lock(self.paths):
-            return self._teardown()
-
-    def _teardown(self) -> list[str]:
+    def teardown(self, quiet: bool) -> list[str]:
         removed: list[str] = []
         self.shells.close()
         self._ssh_configs.clear()
@@ -223,7 +231,7 @@ class VagrantBackend(Backend):
         """`vagrant ssh NODE -c 'sudo -n -- CMD'` with this lab's Vagrant environment."""
         self.spec().node(node)
         env = [f"{k}={v}" for k, v in sorted(self.files.env().items())]
-        cmd = vs.NodeShells.command_line("vagrant", argv)
+        cmd = NodeShells.command_line("vagrant", argv)
         tty = [] if interactive else ["--no-tty"]
         return ["env", *env, shutil.which("vagrant") or "vagrant", "ssh", node, *tty, "-c", cmd]
 
@@ -241,23 +249,23 @@ class VagrantBackend(Backend):
             raise LabError(f"kubectl {' '.join(args)} failed: {msg[-1] if msg else f'exit {res.returncode}'}")
         return res
 
-    def _kubectl_json(self, *args: str) -> dict:
+    def _kubectl_json(self, *args: str) -> dict[str, Any]:
         res = self.kubectl(*args, "-o", "json")
         try:
-            return json.loads(res.stdout)
+            return parsers.json_object(res.stdout)
         except ValueError:
             raise LabError(f"kubectl {' '.join(args)} printed no JSON") from None
 
     def _action(self, text: str, node: str | None = None) -> None:
         self.reporter.line(text, node=node, source="actions")
 
-    def cni_config(self, node: str) -> dict:
+    def cni_config(self, node: str) -> dict[str, Any]:
         path = render.VM_FILES["10-ipsec-lab.conflist"][2]
         res = self.exec(node, ["cat", path], timeout=10)
         if not res.ok:
             raise LabError(f"cannot read {path} on {node}: {res.stderr.strip()}")
         try:
-            return json.loads(res.stdout)
+            return parsers.json_object(res.stdout)
         except ValueError:
             raise LabError(f"{path} on {node} is not JSON") from None
 
@@ -269,37 +277,30 @@ class VagrantBackend(Backend):
 
     # ------------------------------------------------------------------ status
     def _parallel_nodes(self, spec: LabSpec, fn: Callable[[str], Any]) -> dict[str, Any]:
+        """fn on every node at once; a node where it raised LabError maps to that error."""
         names = [n.name for n in spec.node_list()]
-        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-            futures = {n: pool.submit(fn, n) for n in names}
-        out = {}
-        for n, f in futures.items():
-            try:
-                out[n] = f.result()
-            except LabError as exc:
-                out[n] = exc
-        return out
+        return dict(zip(names, parallel_or_error(fn, names)))
 
-    def _sas(self, node: str) -> list[tuple[str, dict]] | None:
-        res = self.exec(node, ["swanctl", "--list-sas", "--raw"], timeout=15)
-        return vs.parse_swanctl_raw(res.stdout) if res.ok else None
+    def _sas(self, node: str) -> list[tuple[str, dict[str, Any]]] | None:
+        res = self.exec(node, commands.swanctl_list_sas(raw=True), timeout=15)
+        return parsers.parse_swanctl_raw(res.stdout) if res.ok else None
 
     def _tunnels(self, spec: LabSpec, reachable: dict[str, Any]) -> list[TunnelStatus]:
         sas = self._parallel_nodes(spec, lambda n: self._sas(n) if not isinstance(reachable.get(n), Exception) else None)
-        out = []
+        out: list[TunnelStatus] = []
         for n in spec.node_list():
             got = sas.get(n.name)
             out.extend(tunnel_statuses(spec.tunnels_of(n), None if isinstance(got, Exception) else got))
         return out
 
     def _pods(self) -> list[Pod]:
-        return vs.pods_from_kubectl(self._kubectl_json("get", "pods", "-l", APP_LABEL))
+        return parsers.pods_from_kubectl(self._kubectl_json("get", "pods", "-l", APP_LABEL))
 
     def _service(self) -> Service | None:
         res = self.kubectl("get", "service", naming.DEPLOYMENT_NAME, "-o", "json", check=False)
         if not res.ok:
             return None
-        return vs.service_from_kubectl(json.loads(res.stdout))
+        return parsers.service_from_kubectl(parsers.json_object(res.stdout))
 
     def _ipam_used(self, node: str) -> int:
         res = self.exec(node, ["sh", "-c", "ls /run/cni/networks/ipsec-lab 2>/dev/null || true"], timeout=10)
@@ -316,7 +317,7 @@ class VagrantBackend(Backend):
         services: list[Service] = []
         if spec.node(1).name in running and not isinstance(reach.get(spec.node(1).name), Exception):
             try:
-                ready = vs.ready_nodes_from_kubectl(self._kubectl_json("get", "nodes"))
+                ready = parsers.ready_nodes_from_kubectl(self._kubectl_json("get", "nodes"))
                 pods = self._pods()
                 svc = self._service()
                 services = [svc] if svc else []
@@ -344,7 +345,7 @@ class VagrantBackend(Backend):
 
     def _charon_answers(self, node: str) -> bool:
         try:
-            return self.exec(node, ["swanctl", "--stats"], timeout=10).ok
+            return self.exec(node, commands.swanctl_stats(), timeout=10).ok
         except LabError:
             return False
 
@@ -352,11 +353,10 @@ class VagrantBackend(Backend):
     def _bootcamp_image(self) -> str:
         res = self.exec(self._control_plane(), ["cat", "/etc/ipsec-lab/bootcamp-image"], timeout=10)
         image = res.stdout.strip() if res.ok else ""
-        return image or vs.BOOTCAMP_IMAGES[0]
+        return image or vf.BOOTCAMP_IMAGES[0]
 
     def deploy(self, replicas: int = 9) -> list[Pod]:
-        if not 0 <= replicas <= 250:
-            raise UsageError(f"replicas must be between 0 and 250, got {replicas}")
+        validate_replicas(replicas)
         dep = naming.DEPLOYMENT_NAME
         with self.reporter.step(f"deploy {dep} x{replicas}"):
             if not self.kubectl("get", "deployment", dep, "-o", "name", check=False).ok:
@@ -386,9 +386,7 @@ class VagrantBackend(Backend):
         raise LabError(f"no replacement for pod {name} was Running within 120 s")
 
     def expose(self, node_port: int | None = None) -> Service:
-        lo, hi = NODE_PORT_RANGE
-        if node_port is not None and not lo <= node_port <= hi:
-            raise UsageError(f"node port must be in {lo}-{hi}, got {node_port}")
+        validate_node_port(node_port)
         dep = naming.DEPLOYMENT_NAME
         if not self.kubectl("get", "deployment", dep, "-o", "name", check=False).ok:
             raise UsageError("nothing to expose: deploy first (`ipsec-lab deploy`)")
@@ -417,27 +415,26 @@ class VagrantBackend(Backend):
 
     def tunnel_down(self, node: str, conn: str) -> str:
         self.spec().tunnel(node, conn)
-        cmd = ["swanctl", "--terminate", "--ike", conn]
+        cmd = commands.swanctl_terminate_ike(conn)
         self._node_cmd(node, cmd, f"{' '.join(cmd)} on {node} (the seed's `ipsec down {conn}`)", timeout=20)
         return " ".join(cmd)
 
     def tunnel_up(self, node: str, conn: str) -> str:
         self.spec().tunnel(node, conn)
-        cmd = ["swanctl", "--initiate", "--child", conn, "--timeout", "10"]
+        cmd = commands.swanctl_initiate_child(conn)
         self._node_cmd(node, cmd, f"{' '.join(cmd)} on {node}", timeout=20)
         return " ".join(cmd)
 
     def restart_ipsec(self, node: str) -> None:
         # As on netns: killed (a graceful stop's DELETEs make every peer re-initiate while the
         # new daemon does, leaving duplicate IKE SAs), started again, then it announces itself.
-        script = "systemctl kill -s SIGKILL strongswan.service; systemctl restart strongswan.service"
-        self._node_cmd(node, ["sh", "-c", script], f"restart strongSwan on {node}")
+        self._node_cmd(node, commands.restart_strongswan_unit(), f"restart strongSwan on {node}")
         self._announce(node)
 
     def _announce(self, node: str) -> None:
-        script = announce_script(self.spec(), node)
+        script = commands.announce_script(self.spec(), node)
         if script:
-            self._node_cmd(node, ["sh", "-c", script], f"initiate {node}'s answering connections", timeout=20)
+            self._node_cmd(node, commands.sh(script), f"initiate {node}'s answering connections", timeout=20)
 
     def reboot(self, node: str) -> None:
         self.spec().node(node)
@@ -445,7 +442,7 @@ class VagrantBackend(Backend):
             self._forget_node(node)
             self._run_vagrant(f"reload {node}", lambda v: v.reload(vm_name=node))
             self._forget_node(node)  # the forwarded SSH port may have changed
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + self.reboot_wait_s
             while True:
                 try:
                     if self.exec(node, ["true"], timeout=10).ok:
@@ -453,17 +450,15 @@ class VagrantBackend(Backend):
                 except LabError:
                     pass
                 if time.monotonic() > deadline:
-                    raise LabError(f"{node} did not answer over SSH within 300 s of its reboot")
-                time.sleep(2.0)
+                    raise LabError(f"{node} did not answer over SSH within {self.reboot_wait_s:.0f} s of its reboot")
+                time.sleep(self.reboot_poll_s)
             self._announce(node)
 
     def set_underlay_link(self, node: str, up: bool) -> None:
         spec = self.spec()
         ip = str(spec.node(node).underlay_ip)
         state = "up" if up else "down"
-        script = (f'dev=$({FIND_UNDERLAY_IF}); [ -n "$dev" ] || {{ echo "no interface holds $1" >&2; exit 1; }}; '
-                  f'ip link set "$dev" {state}')
-        res = self.exec(node, ["sh", "-c", script, "underlay", ip], timeout=15)
+        res = self.exec(node, commands.underlay_link_set(ip, up), timeout=15)
         if not res.ok:
             raise LabError(f"cannot set the underlay link of {node} {state}: {res.stderr.strip()}")
         self._action(f"underlay link of {node} {'restored' if up else 'cut'}", node=node)
@@ -474,10 +469,10 @@ class VagrantBackend(Backend):
         two nodes is captured once, at its sender, as a switch between them would see it."""
         spec = self.spec()
         safe = "".join(c for c in name if c.isalnum() or c in "-_") or "capture"
-        handle: dict[str, Any] = {"name": safe, "nodes": {}}
+        handle = _Capture(safe, {})
         for n in spec.node_list():
             base = f"/tmp/ipsec-lab-capture-{safe}-{n.name}"
-            script = (f'dev=$({FIND_UNDERLAY_IF}); [ -n "$dev" ] || {{ echo "no interface holds $1" >&2; exit 1; }}; '
+            script = (f'dev=$({commands.FIND_UNDERLAY_IF}); [ -n "$dev" ] || {{ echo "no interface holds $1" >&2; exit 1; }}; '
                       f'rm -f {base}.pcap {base}.log; '
                       f'nohup tcpdump -n -U --immediate-mode -Q out -Z root -i "$dev" -w {base}.pcap '
                       f'>/dev/null 2>{base}.log </dev/null & echo $! > {base}.pid; '
@@ -487,16 +482,17 @@ class VagrantBackend(Backend):
             if not res.ok:
                 self.stop_capture(handle)
                 raise LabError(f"tcpdump on {n.name} did not start: {res.stderr.strip()}")
-            handle["nodes"][n.name] = base
+            handle.nodes[n.name] = base
         return handle
 
     def stop_capture(self, handle: object) -> str:
-        h: dict[str, Any] = handle  # type: ignore[assignment]
+        if not isinstance(handle, _Capture):
+            raise TypeError(f"not a capture of this backend: {handle!r}")
         self.files.captures.mkdir(parents=True, exist_ok=True)
-        out = str(self.files.captures / f"{h['name']}.pcap")
+        out = str(self.files.captures / f"{handle.name}.pcap")
         with tempfile.TemporaryDirectory(prefix="ipsec-lab-capture-") as tmp:
             parts = []
-            for node, base in h["nodes"].items():
+            for node, base in handle.nodes.items():
                 script = (f'pid=$(cat {base}.pid 2>/dev/null) && kill -INT "$pid" 2>/dev/null; '
                           f'for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done; '
                           f'chmod a+r {base}.pcap')
@@ -505,7 +501,10 @@ class VagrantBackend(Backend):
                 self.shells.get(node, f"{base}.pcap", local)
                 self.exec(node, ["rm", "-f", f"{base}.pcap", f"{base}.pid", f"{base}.log"], timeout=10)
                 parts.append(local)
-            vs.merge_pcaps(parts, out)
+            try:
+                pcap.merge(parts, out)
+            except ValueError as exc:
+                raise LabError(str(exc)) from None
         return out
 
 
@@ -515,15 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="Write a Vagrant lab's spec and node files (starts nothing).")
     sub = p.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="write .ipsec-lab/<lab>/ for the Vagrantfile")
-    prep.add_argument("--lab", default=os.environ.get("IPSEC_LAB", vs.DEFAULT_LAB))
+    prep.add_argument("--lab", default=os.environ.get("IPSEC_LAB", vf.DEFAULT_LAB))
     prep.add_argument("--nodes", type=int, default=3)
     prep.add_argument("--underlay", default="192.168.56.0/24")
     prep.add_argument("--pod-supernet", default="10.128.0.0/16")
     args = p.parse_args(argv)
     try:
         spec = LabSpec.build(args.lab, args.nodes, args.underlay, args.pod_supernet)
-        files = vs.LabFiles.of(args.lab)
-        vs.write_lab_files(spec, files)
+        files = vf.LabFiles.of(args.lab)
+        vf.write_lab_files(spec, files)
     except LabError as exc:
         print(f"ipsec-lab: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, UsageError) else 2

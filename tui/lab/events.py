@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from types import TracebackType
+from typing import Callable, Literal, Union
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class _Step:
         self.reporter.emit(StepStarted(self.name, self.node))
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         ok = exc_type is None
         detail = self.detail if ok else str(exc)
         self.reporter.emit(StepFinished(self.name, ok, time.monotonic() - self.t0, detail, self.node))

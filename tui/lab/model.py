@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from . import naming
 from .errors import UsageError
@@ -31,6 +32,28 @@ IPSEC_OVERHEAD = 80
 LIBIPSEC_TUN_MTU = 1400
 
 
+MAX_REPLICAS = 250  # one node's /24, less the network, cni0 and broadcast addresses
+
+
+def cni0_address(pod_cidr: IPv4Network | str) -> IPv4Address:
+    """The node's cni0 address (the pods' gateway): the first address of its pod range. The one rule
+    for it: Node.cni0_ip and NodeStatus.cni0_ip use it."""
+    return ipaddress.IPv4Network(pod_cidr).network_address + 1
+
+
+def validate_replicas(replicas: int) -> int:
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise UsageError(f"replicas must be between 0 and {MAX_REPLICAS}, got {replicas}")
+    return replicas
+
+
+def validate_node_port(node_port: int | None) -> int | None:
+    lo, hi = NODE_PORT_RANGE
+    if node_port is not None and not lo <= node_port <= hi:
+        raise UsageError(f"node port must be in {lo}-{hi}, got {node_port}")
+    return node_port
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -40,7 +63,7 @@ class Node:
 
     @property
     def cni0_ip(self) -> IPv4Address:
-        return self.pod_cidr.network_address + 1
+        return cni0_address(self.pod_cidr)
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,8 @@ class LabSpec:
         nodes: int = 3,
         underlay: str = DEFAULT_UNDERLAY,
         pod_supernet: str = DEFAULT_POD_SUPERNET,
-        **extra: object,
+        *,
+        underlay_mtu: int = 1500,
     ) -> "LabSpec":
         """Validate user input and build a spec; raises UsageError with one clear line."""
         naming.validate_lab_name(name)
@@ -112,7 +136,7 @@ class LabSpec:
             )
         if pods_net.prefixlen > 23 or 2 ** (24 - pods_net.prefixlen) <= nodes:
             raise UsageError(f"pod supernet {pods_net} cannot hold a /24 for each of {nodes} nodes")
-        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, **extra)  # type: ignore[arg-type]
+        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, underlay_mtu=underlay_mtu)
 
     # -- topology ---------------------------------------------------------------------------
     @property
@@ -170,15 +194,8 @@ class LabSpec:
         names = ", ".join(t.name for t in self.tunnels_of(node))
         raise UsageError(f"unknown connection {conn!r} on {node}; it has {names}")
 
-    def node_for_ip(self, ip: str) -> Node | None:
-        addr = ipaddress.ip_address(ip)
-        for n in self.node_list():
-            if addr in n.pod_cidr:
-                return n
-        return None
-
     # -- persistence ------------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "nodes": self.nodes,
@@ -190,7 +207,7 @@ class LabSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LabSpec":
+    def from_dict(cls, d: dict[str, Any]) -> "LabSpec":
         return cls(
             name=d["name"],
             nodes=int(d["nodes"]),

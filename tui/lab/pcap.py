@@ -9,6 +9,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
+from typing import Iterator, Sequence
 
 
 @dataclass
@@ -24,29 +25,82 @@ class WireSummary:
     examples: list[str] = field(default_factory=list)
 
 
-def read_packets(path: str):
+PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\x4d\x3c\xb2\xa1": "<",  # microsecond, nanosecond stamps
+               b"\xa1\xb2\xc3\xd4": ">", b"\xa1\xb2\x3c\x4d": ">"}
+
+
+@dataclass(frozen=True)
+class Record:
+    sec: int
+    frac: int  # micro- or nanoseconds, as the file's magic says
+    raw: bytes  # the 16-byte record header and the packet, as in the file
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class Capture:
+    endian: str
+    header: bytes  # the 24-byte file header
+    linktype: int
+    records: list[Record]
+
+
+def read_capture(path: str) -> Capture | None:
+    """A classic pcap file's header and records (None for an empty file; a record cut short at
+    the end, as by a stopped capture, is left out). ValueError if it is not a pcap file."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 24:
-        return
-    magic = data[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        endian = "<"
-    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-        endian = ">"
-    else:
+        return None
+    endian = PCAP_MAGICS.get(data[:4])
+    if endian is None:
         raise ValueError(f"{path} is not a pcap file")
     linktype = struct.unpack(endian + "I", data[20:24])[0]
+    records = []
     off = 24
     while off + 16 <= len(data):
-        _, _, incl, _ = struct.unpack(endian + "IIII", data[off : off + 16])
-        off += 16
-        yield linktype, data[off : off + incl]
-        off += incl
+        sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[off : off + 16])
+        if off + 16 + incl > len(data):
+            break
+        records.append(Record(sec, frac, data[off : off + 16 + incl], data[off + 16 : off + 16 + incl]))
+        off += 16 + incl
+    return Capture(endian, data[:24], linktype, records)
+
+
+def read_packets(path: str) -> Iterator[tuple[int, bytes]]:
+    """(link type, packet) for each packet of a pcap file."""
+    cap = read_capture(path)
+    if cap is None:
+        return
+    for rec in cap.records:
+        yield cap.linktype, rec.packet
+
+
+def merge(paths: Sequence[str], out: str) -> int:
+    """Merge pcap files (one per node, same link type and byte order) by timestamp into `out`;
+    returns the number of packets. ValueError when the files do not fit together."""
+    first: Capture | None = None
+    records: list[tuple[int, int, int, bytes]] = []
+    for n, path in enumerate(paths):
+        cap = read_capture(path)
+        if cap is None:
+            continue
+        if first is None:
+            first = cap
+        elif cap.header[20:24] != first.header[20:24] or cap.endian != first.endian:
+            raise ValueError(f"{path} has another link type or byte order than the first capture")
+        records += [(r.sec, r.frac, n, r.raw) for r in cap.records]
+    records.sort(key=lambda r: (r[0], r[1], r[2]))
+    with open(out, "wb") as f:
+        if first is not None:
+            f.write(first.header)
+        for rec in records:
+            f.write(rec[3])
+    return len(records)
 
 
 def summarize(path: str, pod_net: IPv4Network | str, marker: bytes | None = None) -> WireSummary:
-    pod_net = ipaddress.ip_network(pod_net)
+    pods = ipaddress.ip_network(pod_net)
     s = WireSummary()
     for linktype, pkt in read_packets(path):
         s.packets += 1
@@ -81,7 +135,7 @@ def summarize(path: str, pod_net: IPv4Network | str, marker: bytes | None = None
             s.fragments += 1
         proto = ip[9]
         src, dst = ipaddress.IPv4Address(ip[12:16]), ipaddress.IPv4Address(ip[16:20])
-        if src in pod_net or dst in pod_net:
+        if src in pods or dst in pods:
             s.cleartext_pod += 1
             if len(s.examples) < 3:
                 s.examples.append(f"{src} > {dst} proto {proto}")

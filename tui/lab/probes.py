@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from . import commands
+
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
@@ -53,14 +55,29 @@ def http_get_many(backend: "Backend", node: str, urls: Sequence[str], timeout: f
 
 def ping(backend: "Backend", node: str, ip: str, count: int = 1, wait: float = 1.0, size: int | None = None,
          dont_fragment: bool = False) -> bool:
-    argv = ["ping", "-n", "-q", "-c", str(count), "-W", str(wait)]
-    if count > 1:
-        argv += ["-i", "0.05"]
-    if size is not None:
-        argv += ["-s", str(size)]
-    if dont_fragment:
-        argv += ["-M", "do"]
-    return backend.exec(node, argv + [ip], timeout=count * wait + 10).ok
+    argv = commands.ping(ip, count=count, wait=wait, interval=0.05 if count > 1 else None, size=size,
+                         dont_fragment=dont_fragment)
+    return backend.exec(node, argv, timeout=count * wait + 10).ok
+
+
+def parse_fan_out(stdout: str) -> dict[str, bool]:
+    """What commands.ping_fan_out printed: label -> answered."""
+    out: dict[str, bool] = {}
+    for line in stdout.splitlines():
+        bits = line.split()
+        if len(bits) == 2 and bits[1] in ("up", "down"):
+            out[bits[0]] = bits[1] == "up"
+    return out
+
+
+def ping_many(backend: "Backend", node: str, targets: Sequence[tuple[str, str]], wait: float = 1.0) -> dict[str, bool]:
+    """One ping from `node` to each (label, ip) at once, in one command; label -> answered (a
+    target the command never reported on counts as not answered)."""
+    if not targets:
+        return {}
+    res = backend.exec(node, commands.ping_fan_out(targets, wait), timeout=wait + 10)
+    got = parse_fan_out(res.stdout)
+    return {label: got.get(label, False) for label, _ in targets}
 
 
 def bootcamp_reply(pod_name: str) -> str:
@@ -72,14 +89,36 @@ PING_INTERVAL = 0.01
 _TS = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
 
 
+def reply_times(ping_output: str) -> list[float]:
+    """The time of each reply in `ping -D` output (seconds since the epoch), in order."""
+    return [float(m.group(1)) for m in map(_TS.match, ping_output.splitlines()) if m]
+
+
+def longest_gap(stamps: Sequence[float], interval: float = PING_INTERVAL) -> float:
+    """The longest silence between two replies, less the ping interval (the one ping-gap rule:
+    a ping every `interval` that never missed has a gap of 0). inf with fewer than two replies."""
+    if len(stamps) < 2:
+        return float("inf")
+    return max(0.0, max(b - a for a, b in zip(stamps, stamps[1:])) - interval)
+
+
+def ping_gap(backend: "Backend", node: str, ip: str, seconds: float = 3, interval: float = PING_INTERVAL) -> tuple[float, int]:
+    """Ping `ip` from `node` every `interval` for `seconds`: (longest_gap of the replies, replies)."""
+    argv = commands.ping(ip, count=0, wait=0.5, interval=interval, timestamps=True, deadline=max(1, round(seconds)),
+                         quiet=False)
+    res = backend.exec(node, argv, timeout=seconds + 10)
+    stamps = reply_times(res.stdout)
+    return longest_gap(stamps, interval), len(stamps)
+
+
 class PingLoop:
     """`ping -D -i 0.01` from a node, running while a fault happens; gap() is the longest silence."""
 
     def __init__(self, backend: "Backend", node: str, ip: str, max_seconds: float) -> None:
         import subprocess
 
-        argv = backend.node_argv(node, ["ping", "-n", "-D", "-i", str(PING_INTERVAL), "-W", "0.5",
-                                        "-w", str(int(max_seconds) + 1), ip])
+        argv = backend.node_argv(node, commands.ping(ip, count=0, wait=0.5, interval=PING_INTERVAL, timestamps=True,
+                                                     deadline=int(max_seconds) + 1, quiet=False))
         self.started = time.time()
         self._p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._lines: list[str] = []
@@ -92,11 +131,7 @@ class PingLoop:
             self._lines.append(line)
 
     def replies(self) -> list[float]:
-        return [float(m.group(1)) for m in map(_TS.match, list(self._lines)) if m]
-
-    def last_reply(self) -> float | None:
-        r = self.replies()
-        return r[-1] if r else None
+        return reply_times("".join(list(self._lines)))
 
     def wait_reply_after(self, t: float, timeout: float) -> float | None:
         """The first reply later than wall-clock time t, waiting up to `timeout` seconds."""
@@ -125,6 +160,4 @@ class PingLoop:
         if after is not None:
             before = [s for s in stamps if s <= after]
             stamps = before[-1:] + [s for s in stamps if s > after]
-        if len(stamps) < 2:
-            return float("inf")
-        return max(0.0, max(b - a for a, b in zip(stamps, stamps[1:])) - PING_INTERVAL)
+        return longest_gap(stamps)

@@ -92,31 +92,24 @@ def start_time(pid: int) -> int | None:
     return int(rest[19])
 
 
-def ref_of(pid: int) -> ProcRef:
-    st = start_time(pid)
-    if st is None:
-        raise LabError(f"process {pid} exited right after it started")
-    return ProcRef(pid, st)
-
-
 def alive(ref: ProcRef | None) -> bool:
     return ref is not None and start_time(ref.pid) == ref.start
 
 
 def uptime_of(ref: ProcRef | None) -> float | None:
-    if not alive(ref):
+    if ref is None or not alive(ref):
         return None
     hz = os.sysconf("SC_CLK_TCK")
     with open("/proc/uptime") as f:
         up = float(f.read().split()[0])
-    return max(0.0, up - ref.start / hz)  # type: ignore[union-attr]
+    return max(0.0, up - ref.start / hz)
 
 
 def signal_ref(ref: ProcRef | None, sig: int) -> bool:
-    if not alive(ref):
+    if ref is None or not alive(ref):
         return False
     try:
-        os.kill(ref.pid, sig)  # type: ignore[union-attr]
+        os.kill(ref.pid, sig)
         return True
     except ProcessLookupError:
         return False

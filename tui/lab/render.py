@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from . import naming, resources
 from .errors import LabError
-from .model import LabSpec, Node, pair_key
+from .model import LabSpec, Node, Service, pair_key
 
 TEMPLATE_DIR = resources.templates_dir()
 
@@ -75,7 +76,7 @@ def node_context(
     underlay_if: str = naming.NODE_UNDERLAY_IF,
     paths: NodePaths = NodePaths(),
     ipsec: IpsecTiming = IpsecTiming(),
-) -> dict:
+) -> dict[str, Any]:
     if datapath not in DATAPATHS:
         raise LabError(f"unknown data path {datapath!r}; expected one of {', '.join(DATAPATHS)}")
     tunnels = spec.tunnels_of(node)
@@ -91,12 +92,13 @@ def node_context(
     }
 
 
-def render_node(spec: LabSpec, node: Node, **kwargs) -> dict[str, RenderedFile]:
+def render_node(spec: LabSpec, node: Node, **kwargs: Any) -> dict[str, RenderedFile]:
     ctx = node_context(spec, node, **kwargs)
     return _render_files(environment(), ctx, NODE_FILES, node.name)
 
 
-def _render_files(env: jinja2.Environment, ctx: dict, files: dict[str, tuple[str, int]], node: str) -> dict[str, RenderedFile]:
+def _render_files(env: jinja2.Environment, ctx: dict[str, Any], files: dict[str, tuple[str, int]],
+                  node: str) -> dict[str, RenderedFile]:
     """role -> (template, mode), all rendered in memory; a template error names its file and node."""
     out = {}
     for role, (template, mode) in files.items():
@@ -108,9 +110,17 @@ def _render_files(env: jinja2.Environment, ctx: dict, files: dict[str, tuple[str
     return out
 
 
-def render_lab(spec: LabSpec, **kwargs) -> dict[str, dict[str, RenderedFile]]:
+def render_lab(spec: LabSpec, **kwargs: Any) -> dict[str, dict[str, RenderedFile]]:
     """All nodes' files, rendered in memory; nothing is written here."""
     return {n.name: render_node(spec, n, **kwargs) for n in spec.node_list()}
+
+
+def render_kube_proxy_rules(spec: LabSpec, node: Node, service: Service, endpoints: list[str]) -> str:
+    """The nat table (iptables-restore input) kube-proxy would write on `node` for one NodePort
+    service with these endpoint addresses (provisioning/templates/kube-proxy-rules.j2)."""
+    ctx = {"lab": spec, "node": node, "service": service, "endpoints": endpoints}
+    return _render_files(environment(), ctx, {"kube-proxy-rules": ("kube-proxy-rules.j2", 0o644)},
+                         node.name)["kube-proxy-rules"].content
 
 
 # -- the Vagrant backend's node files -----------------------------------------------------------

@@ -71,13 +71,13 @@ class LabPaths:
         return self.node_run(node) / "charon.vici"
 
 
-def write_file(path: Path, content: str, mode: int) -> None:
+def write_file(path: Path, content: str | bytes, mode: int) -> None:
     """Write atomically with the given mode (secrets never exist with a wider mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, content.encode())
+        os.write(fd, content.encode() if isinstance(content, str) else content)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
@@ -86,7 +86,8 @@ def write_file(path: Path, content: str, mode: int) -> None:
 
 def load_state(paths: LabPaths) -> dict[str, Any]:
     try:
-        return json.loads(paths.state_file.read_text())
+        state: dict[str, Any] = json.loads(paths.state_file.read_text())
+        return state
     except FileNotFoundError:
         raise NotFoundError(f"no lab named {paths.lab!r} is up (start one with `ipsec-lab --lab {paths.lab} up`)") from None
     except (OSError, ValueError) as exc:

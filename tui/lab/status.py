@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from .model import Pod, Service
+from .model import Pod, Service, cni0_address
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,11 @@ class NodeStatus:
     ipsec_uptime: float | None = None
     pods: int = 0
     ipam_used: int = 0  # addresses host-local has handed out from the node's /24
+
+    @property
+    def cni0_ip(self) -> str:
+        """The node's cni0 address (model.cni0_address, the one rule for it)."""
+        return str(cni0_address(self.pod_cidr))
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class TunnelStatus:
     packets_in: int = 0
     packets_out: int = 0
     ike_sas: int = 0  # IKE SAs strongSwan holds for this connection (more than 1: a duplicate)
-    detail: dict = field(default_factory=dict)  # proposals, SPIs, rekey/expiry times
+    detail: dict[str, Any] = field(default_factory=dict)  # proposals, SPIs, rekey/expiry times
 
     @property
     def up(self) -> bool:
@@ -48,7 +54,7 @@ class LabStatus:
     pods: list[Pod]
     services: list[Service]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "lab": self.lab,
             "backend": self.backend,

@@ -22,14 +22,14 @@ def _i(v: Any) -> int:
         return 0
 
 
-def list_sas(socket_path: str, timeout: float = 2.0) -> list[tuple[str, dict]]:
+def list_sas(socket_path: str, timeout: float = 2.0) -> list[tuple[str, dict[str, Any]]]:
     """[(ike name, ike info)] from one charon; raises OSError when it does not answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(socket_path)
         session = vici.Session(sock)
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         for entry in session.list_sas():
             for name, info in entry.items():
                 out.append((_s(name), info))
@@ -38,15 +38,15 @@ def list_sas(socket_path: str, timeout: float = 2.0) -> list[tuple[str, dict]]:
         sock.close()
 
 
-def _rank(info: dict) -> tuple[int, int]:
+def _rank(info: dict[str, Any]) -> tuple[int, int]:
     ike_up = _s(info.get("state", b"")) == "ESTABLISHED"
     child_up = any(_s(c.get("state", b"")) == "INSTALLED" for c in info.get("child-sas", {}).values())
     return (int(ike_up) + int(child_up), _i(info.get("established", 0)) * -1)
 
 
-def tunnel_statuses(tunnels: list[Tunnel], sas: list[tuple[str, dict]] | None) -> list[TunnelStatus]:
+def tunnel_statuses(tunnels: list[Tunnel], sas: list[tuple[str, dict[str, Any]]] | None) -> list[TunnelStatus]:
     """Match SAs to this node's tunnels; a tunnel without an SA is DOWN."""
-    by_name: dict[str, list[dict]] = {}
+    by_name: dict[str, list[dict[str, Any]]] = {}
     for name, info in sas or []:
         by_name.setdefault(name, []).append(info)
     out = []

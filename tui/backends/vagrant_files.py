@@ -1,0 +1,237 @@
+"""A Vagrant lab's files on the host: the spec the Vagrantfile reads, the lab's secrets (pre-shared
+keys, the cluster CA, the bootstrap token) and every node's rendered files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets as pysecrets
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..lab import parsers, render, resources
+from ..lab.errors import LabError
+from ..lab.model import LabSpec, pair_key
+from ..lab.state import write_file
+
+VAGRANTFILE = resources.vagrantfile()  # the checkout's, or the installed copy in tui/_data
+ROOT = VAGRANTFILE.parent  # VAGRANT_CWD: provisioning/ is beside the Vagrantfile
+DEFAULT_LAB = "lab"
+
+DEFAULT_BOX = "debian/bookworm64"  # the Debian cloud team's box: virtualbox and libvirt
+KUBE_MINOR = "v1.34"  # pkgs.k8s.io/core:/stable:/v1.34 (override: IPSEC_LAB_KUBE_MINOR)
+# docker.io still serves the tutorial's image; the seed's gcr.io name stays as the fallback.
+BOOTCAMP_IMAGES = ("docker.io/jocatalin/kubernetes-bootcamp:v1", "gcr.io/google-samples/kubernetes-bootcamp:v1")
+RESOURCES = {
+    # kubeadm's preflight wants 2 CPUs and 1700 MB on the control plane.
+    "virtualbox": {"control-plane": {"cpus": 2, "memory_mb": 2048}, "worker": {"cpus": 2, "memory_mb": 1536}},
+    "libvirt": {"control-plane": {"cpus": 2, "memory_mb": 2048}, "worker": {"cpus": 2, "memory_mb": 1536}},
+}
+
+CONTROL_PLANE_ROLE, WORKER_ROLE = "control-plane", "worker"
+
+
+def workdir() -> Path:
+    """Where Vagrant labs keep their spec, secrets, rendered files and (but for a checkout's default
+    lab) machine records: .ipsec-lab beside a checkout's Vagrantfile; from a wheel, the user's state
+    directory, so Vagrant never writes into the installed package."""
+    return Path(os.environ.get("IPSEC_LAB_VAGRANT_DIR", str(resources.vagrant_workdir())))
+
+
+# ------------------------------------------------------------------------------ lab files
+@dataclass(frozen=True)
+class LabFiles:
+    """A Vagrant lab's files on the host."""
+
+    lab: str
+    base: Path
+
+    @classmethod
+    def of(cls, lab: str) -> "LabFiles":
+        return cls(lab, workdir())
+
+    @property
+    def dir(self) -> Path:
+        return self.base / self.lab
+
+    @property
+    def spec_file(self) -> Path:
+        return self.dir / "vagrant.json"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.dir / "secrets.json"
+
+    def node_dir(self, node: str) -> Path:
+        return self.dir / "nodes" / node
+
+    @property
+    def captures(self) -> Path:
+        return self.dir / "captures"
+
+    @property
+    def dotfile_path(self) -> Path | None:
+        """Vagrant's machine records. The default lab uses Vagrant's own .vagrant, so the seed's
+        plain `vagrant ssh kube-node1` works in the project directory."""
+        if self.lab == DEFAULT_LAB and self.base == ROOT / ".ipsec-lab":
+            return None
+        return self.dir / "vagrant"
+
+    def env(self) -> dict[str, str]:
+        """What every vagrant command of this lab needs in its environment."""
+        env = {"VAGRANT_CWD": str(ROOT), "IPSEC_LAB": self.lab, "IPSEC_LAB_SPEC": str(self.spec_file)}
+        if self.dotfile_path is not None:
+            env["VAGRANT_DOTFILE_PATH"] = str(self.dotfile_path)
+        return env
+
+
+def make_token() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(pysecrets.choice(alphabet) for _ in range(6)) + "." + "".join(
+        pysecrets.choice(alphabet) for _ in range(16))
+
+
+def make_cluster_ca() -> tuple[str, str]:
+    """A cluster CA (RSA 2048, as kubeadm makes it): (certificate PEM, key PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption()).decode()
+    return cert_pem, key_pem
+
+
+def ca_cert_hash(cert_pem: str) -> str:
+    """kubeadm's --discovery-token-ca-cert-hash: SHA-256 of the CA's SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def kube_params(secrets: dict[str, Any]) -> render.KubeParams:
+    return render.KubeParams(
+        minor=secrets["kube_minor"],
+        token=secrets["token"],
+        ca_cert_hash=ca_cert_hash(secrets["ca_crt"]),
+        bootcamp_images=tuple(secrets["bootcamp_images"]),
+    )
+
+
+def new_secrets(spec: LabSpec) -> dict[str, Any]:
+    ca_crt, ca_key = make_cluster_ca()
+    return {
+        "psk": {pair_key(a.name, b.name): pysecrets.token_hex(32)
+                for a in spec.node_list() for b in spec.node_list() if a.index < b.index},
+        "token": make_token(),
+        "ca_crt": ca_crt,
+        "ca_key": ca_key,
+        "kube_minor": os.environ.get("IPSEC_LAB_KUBE_MINOR", KUBE_MINOR),
+        "bootcamp_images": list(BOOTCAMP_IMAGES),
+    }
+
+
+def vagrant_spec(spec: LabSpec, files: LabFiles, box: str) -> dict[str, Any]:
+    """What the Vagrantfile reads: every node's name, address, role and rendered-files folder."""
+    return {
+        "lab": spec.name,
+        "spec": spec.to_dict(),
+        "box": box,
+        "netmask": str(spec.underlay.netmask),
+        "libvirt_network": f"ipsec-lab-{spec.name}",
+        "resources": RESOURCES,
+        "nodes": [
+            {"name": n.name, "ip": str(n.underlay_ip),
+             "role": CONTROL_PLANE_ROLE if n.index == 1 else WORKER_ROLE,
+             "files": str(files.node_dir(n.name))}
+            for n in spec.node_list()
+        ],
+    }
+
+
+def render_lab_files(spec: LabSpec, secrets: dict[str, Any]) -> dict[str, dict[str, render.RenderedFile]]:
+    kube = kube_params(secrets)
+    return {n.name: render.render_vm_node(spec, n, secrets=secrets["psk"], kube=kube) for n in spec.node_list()}
+
+
+def manifest(files: dict[str, render.RenderedFile]) -> str:
+    """role<TAB>mode<TAB>destination, read by provisioning/cni-provision.sh."""
+    return "".join(f"{role}\t{oct(f.mode)[2:]:0>4}\t{render.VM_FILES[role][2]}\n" for role, f in files.items())
+
+
+def lab_secrets(spec: LabSpec, files: LabFiles) -> dict[str, Any]:
+    """The secrets of an earlier prepare of the same lab (so VMs and files never disagree), or new ones."""
+    try:
+        secrets: dict[str, Any] = json.loads(files.secrets_file.read_text())
+        if set(secrets.get("psk", {})) != {pair_key(a.name, b.name) for a in spec.node_list()
+                                            for b in spec.node_list() if a.index < b.index}:
+            raise ValueError("node set changed")
+    except (OSError, ValueError):
+        secrets = new_secrets(spec)
+    return secrets
+
+
+def box() -> str:
+    return os.environ.get("IPSEC_LAB_BOX", DEFAULT_BOX)
+
+
+def write_lab_files(spec: LabSpec, files: LabFiles, box_name: str | None = None, *,
+                    secrets: dict[str, Any] | None = None,
+                    rendered: dict[str, dict[str, render.RenderedFile]] | None = None) -> dict[str, Any]:
+    """Render everything in memory first (a template error changes nothing), then write: the
+    secrets, every node's files and the spec the Vagrantfile reads. `up` passes what it rendered."""
+    secrets = secrets if secrets is not None else lab_secrets(spec, files)
+    rendered = rendered if rendered is not None else render_lab_files(spec, secrets)
+    vspec = vagrant_spec(spec, files, box_name or box())
+    files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_file(files.secrets_file, json.dumps(secrets, indent=1, sort_keys=True), 0o600)
+    for node, node_files in rendered.items():
+        d = files.node_dir(node)
+        if d.exists():
+            shutil.rmtree(d)
+        for role, f in node_files.items():
+            write_file(d / role, f.content, f.mode)
+        write_file(d / "manifest.tsv", manifest(node_files), 0o644)
+        if node == spec.node(1).name:
+            write_file(d / "ca.crt", secrets["ca_crt"], 0o644)
+            write_file(d / "ca.key", secrets["ca_key"], 0o600)
+    write_file(files.spec_file, json.dumps(vspec, indent=1, sort_keys=True) + "\n", 0o644)
+    return vspec
+
+
+def read_vagrant_spec(files: LabFiles) -> dict[str, Any]:
+    try:
+        return parsers.json_object(files.spec_file.read_text())
+    except FileNotFoundError:
+        raise LabError(f"lab {files.lab!r} has no Vagrant spec at {files.spec_file}") from None
+    except ValueError as exc:
+        raise LabError(f"the Vagrant spec {files.spec_file} is unreadable ({exc})") from None

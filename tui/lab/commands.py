@@ -1,0 +1,175 @@
+"""Every command the lab sends to a node, built in one place, as data (argv lists).
+
+Backends, checks, the tutorial and the TUI run these through `Backend.exec(node, argv)`; the
+text a person sees ("the command it ran") is `shown(argv)`. Nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Sequence
+
+from .model import LabSpec
+
+Argv = list[str]
+
+CHARON_LOG = "/var/log/charon.log"  # where the node's charon writes (render.NodePaths.charon_log)
+
+
+def shown(argv: Sequence[str]) -> str:
+    """An argv as a person would type it."""
+    return shlex.join(argv)
+
+
+# -- strongSwan ---------------------------------------------------------------------------------
+def swanctl_terminate_ike(conn: str) -> Argv:
+    """Take connection `conn` down as the seed's `ipsec down CONN` did (the IKE SA and its CHILD SAs)."""
+    return ["swanctl", "--terminate", "--ike", conn]
+
+
+def swanctl_initiate_child(conn: str, timeout: int = 10) -> Argv:
+    """Start connection `conn`'s CHILD SA (and its IKE SA) now, waiting up to `timeout` seconds."""
+    return ["swanctl", "--initiate", "--child", conn, "--timeout", str(timeout)]
+
+
+def swanctl_load_all() -> Argv:
+    """Load every connection and secret of /etc/swanctl/swanctl.conf into the running charon."""
+    return ["swanctl", "--load-all", "--noprompt"]
+
+
+def swanctl_list_sas(raw: bool = False) -> Argv:
+    """List the IKE and CHILD SAs; `raw` prints vici's messages (tui.lab.parsers.parse_swanctl_raw)."""
+    return ["swanctl", "--list-sas", *(["--raw"] if raw else [])]
+
+
+def swanctl_stats() -> Argv:
+    """charon's statistics: succeeds only while charon answers on its vici socket."""
+    return ["swanctl", "--stats"]
+
+
+def ipsec_down(conn: str) -> Argv:
+    """The seed's own command (strongSwan's `ipsec` wrapper); the lab answers it as swanctl does."""
+    return ["ipsec", "down", conn]
+
+
+def announce_script(spec: LabSpec, node: str) -> str | None:
+    """A shell line that starts, at once, the connections `node` only answers.
+
+    Run after its IPsec daemon restarted or it rebooted: the peers still hold SAs with the old
+    daemon, and the INITIAL_CONTACT these initiations carry makes them drop those at once,
+    instead of after dead peer detection. (The lower-numbered end of each pair starts the
+    others by itself, per swanctl.conf.) None when the node answers no connection.
+    """
+    passive = [t.name for t in spec.tunnels_of(node) if not t.initiator]
+    if not passive:
+        return None
+    return " ".join(f"{shown(swanctl_initiate_child(c, 5))} >/dev/null 2>&1 &" for c in passive) + " wait"
+
+
+def restart_strongswan_unit() -> Argv:
+    """On a VM: charon killed as a crash would (no DELETEs to the peers), then started by systemd."""
+    return sh("systemctl kill -s SIGKILL strongswan.service; systemctl restart strongswan.service")
+
+
+# -- iptables -----------------------------------------------------------------------------------
+def iptables_restore() -> Argv:
+    """Replace the tables named in the rules read from stdin (kube-proxy's way)."""
+    return ["iptables-restore", "-w"]
+
+
+def iptables_list(chain: str, table: str = "filter") -> Argv:
+    """The rules of one chain, as iptables-save would print them (`-P` policy line first)."""
+    return ["iptables", "-w", "-t", table, "-S", chain] if table != "filter" else ["iptables", "-w", "-S", chain]
+
+
+def iptables_delete(chain: str, rule: Sequence[str]) -> Argv:
+    """Delete one rule from `chain` (the first that matches)."""
+    return ["iptables", "-w", "-D", chain, *rule]
+
+
+def iptables_ensure(chain: str, rule: Sequence[str]) -> Argv:
+    """Append `rule` to `chain` unless it is there already (idempotent)."""
+    r = shlex.join([chain, *rule])
+    return sh(f"iptables -w -C {r} 2>/dev/null || iptables -w -A {r}")
+
+
+KUBE_FORWARD_RULE = ("-m", "mark", "--mark", "0x4000/0x4000", "-j", "ACCEPT")  # kube-proxy's KUBE-FORWARD
+
+
+# -- ip -----------------------------------------------------------------------------------------
+def ip_link_set(dev: str, up: bool) -> Argv:
+    return ["ip", "link", "set", dev, "up" if up else "down"]
+
+
+def ip_route_show(*selector: str) -> Argv:
+    return ["ip", "route", "show", *selector]
+
+
+# The node's private interface, found by its address ($1): eth1, enp0s8, ... depend on the box.
+FIND_UNDERLAY_IF = ("ip -o -4 addr show | awk -v ip=\"$1\" "
+                    "'{ split($4, a, \"/\"); if (a[1] == ip) { print $2; exit } }'")
+
+
+def underlay_link_set(address: str, up: bool) -> Argv:
+    """Set the interface that holds `address` up or down (a VM's underlay, whatever its name)."""
+    return ["sh", "-c", f'dev=$({FIND_UNDERLAY_IF}); [ -n "$dev" ] || {{ echo "no interface holds $1" >&2; exit 1; }}; '
+                        f'ip link set "$dev" {"up" if up else "down"}', "underlay", address]
+
+
+# -- probes -------------------------------------------------------------------------------------
+def ping(ip: str, *, count: int = 1, wait: float = 1.0, interval: float | None = None, size: int | None = None,
+         dont_fragment: bool = False, timestamps: bool = False, deadline: int | None = None, quiet: bool = True) -> Argv:
+    """ping from a node. `timestamps` (-D) prefixes each reply with its time (tui.lab.probes.ping_gap)."""
+    argv = ["ping", "-n"]
+    if quiet:
+        argv.append("-q")
+    if timestamps:
+        argv.append("-D")
+    if interval is not None:
+        argv += ["-i", str(interval)]
+    if count:
+        argv += ["-c", str(count)]
+    argv += ["-W", str(wait)]
+    if deadline is not None:
+        argv += ["-w", str(deadline)]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if dont_fragment:
+        argv += ["-M", "do"]
+    return [*argv, ip]
+
+
+def ping_fan_out(targets: Sequence[tuple[str, str]], wait: float = 1.0) -> Argv:
+    """One ping to each (label, ip) at once, from one node; prints `LABEL up` or `LABEL down` per
+    target (tui.lab.probes.parse_fan_out reads it)."""
+    lines = [f"(ping -n -q -c 1 -W {wait} {shlex.quote(ip)} >/dev/null 2>&1 && echo {shlex.quote(label)} up "
+             f"|| echo {shlex.quote(label)} down) &" for label, ip in targets]
+    return sh("\n".join([*lines, "wait"]))
+
+
+# What the boot-order check reads on a node: cni0's address and state, when the boot script
+# finished (seconds since boot), and when charon started (seconds since boot).
+BOOT_ORDER_PROBE = (
+    "hz=$(getconf CLK_TCK); "
+    "echo cni0 $(ip -o -4 addr show dev cni0 2>/dev/null | awk '{print $4}') $(cat /sys/class/net/cni0/operstate 2>/dev/null); "
+    "echo boot $(cat /run/ipsec-lab-boot.done 2>/dev/null || echo none); "
+    "pid=$(cat /run/charon.pid 2>/dev/null); "
+    "echo charon $(awk -v hz=$hz '{s=$0; sub(/.*\\) /, \"\", s); split(s, f, \" \"); printf \"%.2f\", f[20]/hz}' /proc/$pid/stat 2>/dev/null || echo none)"
+)
+
+
+def boot_order_probe() -> Argv:
+    """Prints `cni0 ADDR STATE`, `boot SECONDS|none` and `charon SECONDS|none`, one per line."""
+    return sh(BOOT_ORDER_PROBE)
+
+
+def read_file_from(path: str, offset: int, limit: int = 1 << 20) -> Argv:
+    """Prints the file's size on the first line, then up to `limit` of its bytes from `offset`
+    (from 0 when the file is now shorter than `offset`: it was started anew)."""
+    return ["sh", "-c", 's=$(stat -c %s "$1" 2>/dev/null || echo 0); echo "$s"; o=$2; [ "$s" -lt "$o" ] && o=0; '
+                        'tail -c +$((o + 1)) "$1" 2>/dev/null | head -c "$3"', "read", path, str(offset), str(limit)]
+
+
+def sh(script: str, *args: str) -> Argv:
+    """A shell script as an argv ($1... are `args`)."""
+    return ["sh", "-c", script, *(["sh", *args] if args else [])]
