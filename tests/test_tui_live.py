@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from tui.lab.events import OutputLine, StepFinished, StepStarted
-from tui.live import FileTail, LogStore, ProgressCounter, Reachability, age, fmt_gap, pair_of
+from tui.live.logs import CharonTails, LogStore, ProgressCounter
+from tui.live.reach import Reachability, pair_of
+from tui.live.text import age, fmt_gap
 
 from .tui_fakes import recorded_status
 
@@ -57,20 +59,29 @@ def test_reachability_from_a_recorded_status():
     assert len(reach.pairs) == 3 and all(tl.is_up for tl in reach.pairs.values())
 
 
-def test_file_tail_follows_appends_truncation_and_recreation(tmp_path):
+def test_charon_tails_read_each_line_once_through_the_backend(tmp_path):
+    from .tui_fakes import FakeBackend
+
     path = tmp_path / "charon.log"
+
+    class LogBackend(FakeBackend):
+        def charon_log(self, node):
+            return path if node == "kube-node1" else None
+
     path.write_text("old 1\nold 2\nold 3\n")
-    tail = FileTail(path, from_end_lines=2)
-    assert tail.poll() == ["old 2", "old 3"]
+    tails, store = CharonTails(LogBackend(recorded_status()), backlog=2), LogStore()
+    assert tails.poll(["kube-node1", "kube-node2"]) == [("kube-node1", "old 2"), ("kube-node1", "old 3")]
     with path.open("a") as f:
         f.write("new 1\npart")
-    assert tail.poll() == ["new 1"]
+    assert tails.poll(["kube-node1"]) == [("kube-node1", "new 1")]  # a half-written line waits
     with path.open("a") as f:
         f.write("ial\n")
-    assert tail.poll() == ["partial"]
-    path.unlink()
-    path.write_text("after reboot\n")
-    assert tail.poll() == ["after reboot"]
+    assert tails.into(store, ["kube-node1"]) == 1
+    path.write_text("after reboot\n")  # started anew, shorter: read from its start
+    assert tails.into(store, ["kube-node1"]) == 1
+    assert tails.poll(["kube-node1"]) == []
+    assert [(r.source, r.node, r.text) for r in store.all()] == [
+        ("charon", "kube-node1", "partial"), ("charon", "kube-node1", "after reboot")]
 
 
 def test_formatting():
