@@ -319,3 +319,31 @@ async def test_fake_statuses_arriving_while_modes_switch_and_the_app_exits_do_no
         app.exit()
         app.post_message(StatusUpdated(app.status, app.clock()))
     assert app.return_code in (None, 0)
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+async def test_the_logs_show_each_charon_line_once_also_across_a_reboot(lab):
+    # Seen in the TUI: after a node reboot some charon lines were shown twice, same timestamps.
+    backend = NetnsBackend(lab)
+    log = backend.charon_log("kube-node2")
+    app = IpsecLabApp(NetnsBackend(lab), poll_interval=0.3, live_probes=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.status is not None and app.status.all_tunnels_up, 15, "all tunnels up")
+
+        def shown() -> list[str]:
+            return [r.text for r in app.logs.all() if r.source == "charon" and r.node == "kube-node2"]
+        await until(pilot, shown, 5, "kube-node2's charon backlog")
+        before = len(shown())
+        await pilot.press("1", "down")
+        await confirm(pilot, app, "r")
+        await until(pilot, lambda: app.busy is None and "reboot kube-node2" in app.last_fault, 60, "the reboot")
+        await until(pilot, lambda: app.status.all_tunnels_up, 30, "the mesh back")
+        await pilot.pause(1.0)  # two more tail polls
+        lines = shown()
+        in_file = log.read_text(errors="replace").splitlines()
+        twice = sorted({t for t in lines if lines.count(t) > in_file.count(t)})
+        assert not twice, f"{len(twice)} charon lines shown more often than the log has them: {twice[:3]}"
+        started = [t for t in lines[before:] if "charon" in t.lower() and "starting" in t.lower()]
+        assert started, f"no line of the rebooted charon starting was shown: {lines[before:][:5]}"
+        assert lines == in_file[-len(lines):], "the shown lines are not the log's last lines in order"

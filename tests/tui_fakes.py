@@ -30,8 +30,11 @@ def status_from_json(d: dict) -> LabStatus:
     )
 
 
-def recorded_status() -> LabStatus:
-    return status_from_json(json.loads(RECORDED.read_text()))
+def recorded_status(path: Path = RECORDED) -> LabStatus:
+    return status_from_json(json.loads(path.read_text()))
+
+
+RECORDED_20 = FIXTURES / "status_20nodes.json"  # `ipsec-lab status --json` of a real 20-node netns lab, 60 pods
 
 
 def synthetic_status(nodes: int, lab: str = "bench") -> LabStatus:
