@@ -347,3 +347,25 @@ async def test_the_logs_show_each_charon_line_once_also_across_a_reboot(lab):
         started = [t for t in lines[before:] if "charon" in t.lower() and "starting" in t.lower()]
         assert started, f"no line of the rebooted charon starting was shown: {lines[before:][:5]}"
         assert lines == in_file[-len(lines):], "the shown lines are not the log's last lines in order"
+
+
+@pytest.mark.timeout(30)
+async def test_fake_palette_entries_each_name_an_action_and_one_runs_from_the_palette():
+    from tui.live.palette import palette_entries
+
+    app = fake_app("nodes")
+    entries = palette_entries(app.lab_name, app.status, app.load_catalog()[0])
+    assert len(entries) == 5 + 3 * 4 + 6 * 2 + 9 * (1 + 3) + 3 + 3 + 5 + 4
+    missing = [e.action for e in entries if e.action not in ("switch_mode", "quit")
+               and not callable(getattr(app, f"action_{e.action}", None))]
+    assert not missing, missing
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        for ch in "Take down mesh-right on kube-node3":
+            await pilot.press("space" if ch == " " else ch)
+        await pilot.pause(0.3)
+        command = await confirm(pilot, app, "enter")
+        assert command.startswith("kube-node3# swanctl --terminate --ike mesh-right"), command
+        await until(pilot, lambda: app.busy is None and calls_of(app, "tunnel_down"), 15, "the action")
+        assert calls_of(app, "tunnel_down") == [("tunnel_down", "kube-node3", "mesh-right")]
