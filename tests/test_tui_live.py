@@ -1,10 +1,18 @@
-"""The TUI's plain-Python state: bounded logs, the reachability timeline, file tails, gap maths."""
+"""The session logic without Textual (tui/live/): bounded logs, the reachability timeline, charon tails,
+gap maths; and the fault watch through the CLI's fault commands on a real lab."""
 
 from __future__ import annotations
 
-from tui.lab.events import OutputLine, StepFinished, StepStarted
-from tui.live import FileTail, LogStore, ProgressCounter, Reachability, age, fmt_gap, pair_of
+import re
 
+import pytest
+
+from tui.lab.events import OutputLine, StepFinished, StepStarted
+from tui.live.logs import CharonTails, LogStore, ProgressCounter
+from tui.live.reach import Reachability, pair_of
+from tui.live.text import age, fmt_gap
+
+from .conftest import cli, started_lab, wait_for
 from .tui_fakes import recorded_status
 
 
@@ -57,22 +65,69 @@ def test_reachability_from_a_recorded_status():
     assert len(reach.pairs) == 3 and all(tl.is_up for tl in reach.pairs.values())
 
 
-def test_file_tail_follows_appends_truncation_and_recreation(tmp_path):
+def test_charon_tails_read_each_line_once_through_the_backend(tmp_path):
+    from .tui_fakes import FakeBackend
+
     path = tmp_path / "charon.log"
+
+    class LogBackend(FakeBackend):
+        def charon_log(self, node):
+            return path if node == "kube-node1" else None
+
     path.write_text("old 1\nold 2\nold 3\n")
-    tail = FileTail(path, from_end_lines=2)
-    assert tail.poll() == ["old 2", "old 3"]
+    tails, store = CharonTails(LogBackend(recorded_status()), backlog=2), LogStore()
+    assert tails.poll(["kube-node1", "kube-node2"]) == [("kube-node1", "old 2"), ("kube-node1", "old 3")]
     with path.open("a") as f:
         f.write("new 1\npart")
-    assert tail.poll() == ["new 1"]
+    assert tails.poll(["kube-node1"]) == [("kube-node1", "new 1")]  # a half-written line waits
     with path.open("a") as f:
         f.write("ial\n")
-    assert tail.poll() == ["partial"]
-    path.unlink()
-    path.write_text("after reboot\n")
-    assert tail.poll() == ["after reboot"]
+    assert tails.into(store, ["kube-node1"]) == 1
+    path.write_text("after reboot\n")  # started anew, shorter: read from its start
+    assert tails.into(store, ["kube-node1"]) == 1
+    assert tails.poll(["kube-node1"]) == []
+    assert [(r.source, r.node, r.text) for r in store.all()] == [
+        ("charon", "kube-node1", "partial"), ("charon", "kube-node1", "after reboot")]
 
 
 def test_formatting():
     assert fmt_gap(0.0031) == "3 ms" and fmt_gap(1.5) == "1.50 s" and fmt_gap(None) == "—"
     assert age(45) == "45s" and age(600) == "10m" and age(7200) == "2h" and age(None) == "—"
+
+
+# ------------------------------------------------------------------ the CLI's fault commands, on a real lab
+@pytest.fixture(scope="module")
+def cli_lab():
+    with started_lab("flt", replicas=0) as backend:
+        yield backend
+
+
+GAP = re.compile(r"came back ESTABLISHED/INSTALLED.*? (?:after|within) (\d+(?:\.\d+)?) (ms|s)")
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, first_line, bound_s", [
+    (("tunnel-down", "kube-node1", "mesh-left"),
+     "kube-node1 mesh-left: swanctl --terminate --ike mesh-left (the seed's `ipsec down mesh-left`)", 5.0),
+    (("restart-ipsec", "kube-node3"), "restart IPsec on kube-node3: charon restarted", 10.0),
+    (("reboot", "kube-node2"), "reboot kube-node2: kube-node2 rebooted", 15.0),
+])
+def test_cli_fault_commands_report_the_gap_and_the_new_sa(cli_lab, args, first_line, bound_s):
+    node = args[1]
+    before = {(t.node, t.name): t.detail.get("ike_spi_local") for t in cli_lab.status().tunnels}
+    cp = cli("--lab", cli_lab.lab, "-q", *args, timeout=100)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    lines = cp.stdout.splitlines()
+    assert first_line in lines, lines
+    m = next((GAP.search(ln) for ln in lines if GAP.search(ln)), None)
+    assert m is not None, f"no measured gap in: {lines}"
+    gap = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    assert 0 < gap < bound_s, f"gap {gap} s out of (0, {bound_s}) in: {lines}"
+    assert any(ln.startswith("data plane: largest gap between replies") for ln in lines), lines
+    new_sa = next(ln.split(": ", 1)[1] for ln in lines if ln.startswith("new IKE SA: "))
+    after = cli_lab.status()
+    ends = [t for t in after.tunnels if node in (t.node, t.peer)]
+    assert new_sa in {t.detail.get("ike_spi_local") for t in ends}, (new_sa, ends)
+    assert new_sa not in before.values()
+    wait_for(lambda: cli_lab.status().all_tunnels_up, 20, what="the mesh back")

@@ -1,5 +1,6 @@
 """Snapshots of every screen of the TUI, from a fake backend that replays a recorded real status
-(tests/fixtures/status_3nodes.json, from `ipsec-lab --lab X status --json` on a real netns lab).
+(tests/fixtures/status_3nodes.json and status_20nodes.json, from `ipsec-lab --lab X status --json` on
+real netns labs).
 
 Update after an intended change with `pytest tests/test_tui_snapshots.py --snapshot-update`.
 """
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from .tui_fakes import make_app, synthetic_status
+from .tui_fakes import RECORDED_20, make_app, recorded_status
 
 SIZE = (150, 44)
 
@@ -46,7 +47,7 @@ def test_tunnels_screen_selected_right_and_down(snap_compare):
 
 @pytest.mark.timeout(60)
 def test_tunnels_screen_20_nodes(snap_compare):
-    assert snap_compare(make_app("tunnels", status=synthetic_status(20)), terminal_size=(150, 50))
+    assert snap_compare(make_app("tunnels", status=recorded_status(RECORDED_20)), terminal_size=(150, 50))
 
 
 @pytest.mark.timeout(60)

@@ -70,8 +70,22 @@ def test_progress_is_saved_per_lab_and_next_needs_the_checks():
     assert Progress.load("another").current == 0
 
 
+@pytest.fixture
+def utc():
+    """TZ=UTC for a snapshot, restored after (time.tzset both ways)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
 @pytest.mark.timeout(60)
-def test_snapshot_of_a_step(snap_compare):
+def test_snapshot_of_a_step(snap_compare, utc):
     from .tui_fakes import make_app
 
     def with_tutorial():
@@ -83,8 +97,6 @@ def test_snapshot_of_a_step(snap_compare):
         app.tutorial = session
         return app
 
-    os.environ["TZ"] = "UTC"
-    time.tzset()
     assert snap_compare(with_tutorial(), terminal_size=(160, 48))
 
 

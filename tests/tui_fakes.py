@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from tui.backends.base import Backend
-from tui.checks.base import Check, CheckResult, Outcome, Measurement, Verdict
+from tui.checks.base import CheckResult, Measurement, Outcome
+from tui.checks.catalog import BY_NAME
 from tui.lab.model import LabSpec, Pod, Service
 from tui.lab.proc import Result
 from tui.lab.status import LabStatus, NodeStatus, TunnelStatus
@@ -29,8 +30,11 @@ def status_from_json(d: dict) -> LabStatus:
     )
 
 
-def recorded_status() -> LabStatus:
-    return status_from_json(json.loads(RECORDED.read_text()))
+def recorded_status(path: Path = RECORDED) -> LabStatus:
+    return status_from_json(json.loads(path.read_text()))
+
+
+RECORDED_20 = FIXTURES / "status_20nodes.json"  # `ipsec-lab status --json` of a real 20-node netns lab, 60 pods
 
 
 def synthetic_status(nodes: int, lab: str = "bench") -> LabStatus:
@@ -53,6 +57,7 @@ class FakeBackend(Backend):
     """Replays one status; every action is recorded and does nothing."""
 
     name = "netns"
+    pods_are_namespaces = True  # it replays a netns lab
 
     def __init__(self, status: LabStatus) -> None:
         super().__init__(status.lab)
@@ -122,26 +127,38 @@ class FakeBackend(Backend):
         self.calls.append(("reboot", node))
 
 
-def _never(ctx):  # pragma: no cover - the fake catalog is never run
-    return {}
+# The Backend interface grows as the other faces need more (e.g. cni_config for the checks); the
+# TUI's fake only needs what the TUI calls, so abstract methods it does not override are allowed.
+FakeBackend.__abstractmethods__ = frozenset()
 
 
-FAKE_CATALOG = [
-    Check("nodes-ready", "every node is up with its IPsec daemon running", "status of every node", _never,
-          lambda o: Verdict.passed("")),
-    Check("tunnels-established", "every node pair has an IKE SA ESTABLISHED and a CHILD SA INSTALLED on both ends",
-          "swanctl --list-sas on every node", _never, lambda o: Verdict.passed("")),
-    Check("recover-tunnel-down", "a tunnel taken down (`ipsec down mesh-left`) comes back by itself",
-          "swanctl --terminate --ike mesh-left on kube-node1", _never, lambda o: Verdict.passed(""), disruptive=True),
-]
+RECORDED_CHECKS = FIXTURES / "checks_3nodes.json"  # `--run-checks --only nodes-ready tunnels-established
+#                                                    recover-tunnel-down --json` on a real 3-node netns lab
+RECORDED_REBOOTING = FIXTURES / "status_3nodes_node3_rebooting.json"  # `status --json` while kube-node3 rebooted
 
-FAKE_RESULTS = [
-    CheckResult("nodes-ready", FAKE_CATALOG[0].purpose, Outcome.PASSED, "3 nodes ready, charon running on each", 0.01),
-    CheckResult("tunnels-established", FAKE_CATALOG[1].purpose, Outcome.FAILED,
-                "kube-node1 mesh-right: 2 IKE SAs (a duplicate)", 0.02),
-    CheckResult("recover-tunnel-down", FAKE_CATALOG[2].purpose, Outcome.PASSED, "back after 31 ms", 0.52,
-                (Measurement("gap", 31.0, "ms"),)),
-]
+
+def _recorded_results() -> list[CheckResult]:
+    """Real results only: two recorded from a real run, and tunnels-established FAILED as the real
+    check (collect + judge, through the runner) says it on the recorded status of a rebooting node."""
+    from dataclasses import replace
+
+    from tui.checks.runner import run_checks
+
+    recorded = {c["name"]: CheckResult(c["name"], c["purpose"], Outcome(c["outcome"]), c["detail"], c["seconds"],
+                                       tuple(Measurement(**m) for m in c["measurements"]))
+                for c in json.loads(RECORDED_CHECKS.read_text())["checks"]}
+    rebooting = status_from_json(json.loads(RECORDED_REBOOTING.read_text()))
+    [failed] = run_checks(FakeBackend(rebooting), ["tunnels-established"], prepare_workload=False)
+    assert failed.outcome is Outcome.FAILED, failed
+    # seconds measured here vary from run to run; the recorded run's time keeps snapshots stable
+    failed = replace(failed, seconds=recorded["tunnels-established"].seconds)
+    return [recorded["nodes-ready"], failed, recorded["recover-tunnel-down"]]
+
+
+FAKE_CATALOG = [BY_NAME["nodes-ready"], BY_NAME["tunnels-established"], BY_NAME["recover-tunnel-down"]]
+
+
+FAKE_RESULTS = _recorded_results()
 
 
 def fake_catalog():
@@ -151,7 +168,7 @@ def fake_catalog():
 def make_app(mode: str = "nodes", status: LabStatus | None = None, **kw):
     """A snapshot app: no threads, a fixed clock, the recorded status already applied."""
     from tui.app import IpsecLabApp
-    from tui.live import LogStore
+    from tui.live.logs import LogStore
 
     status = status or recorded_status()
     app = IpsecLabApp(FakeBackend(status), bring_up=False, clock=lambda: RECORDED_NOW, live_probes=False,
@@ -170,11 +187,6 @@ def make_app(mode: str = "nodes", status: LabStatus | None = None, **kw):
     app.logs = LogStore()
     for i, (source, node, text) in enumerate(lines):
         app.logs.add(source, text, node=node, at=t0 + i)
-    for r in FAKE_RESULTS:
-        app.check_results[r.name] = r
+    app.set_reactive(IpsecLabApp.check_results, {r.name: r for r in FAKE_RESULTS})
     return app
 
-
-# The Backend interface grows as the other faces need more (e.g. cni_config for the checks); the
-# TUI's fake only needs what the TUI calls, so abstract methods it does not override are allowed.
-FakeBackend.__abstractmethods__ = frozenset()

@@ -24,6 +24,8 @@ from .lab import preflight
 from .lab.events import Event, OutputLine, Reporter, StepFinished, StepStarted
 from .lab.model import LabSpec, node_count
 from .lab.state import list_labs
+from .live.fault import FaultPlan, run_fault
+from .live.text import seed_command
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -208,6 +210,43 @@ def box_command(action: str, *, force: bool) -> int:
     return ExitCode.OK
 
 
+def fault_command(backend: Backend, args: argparse.Namespace) -> int:
+    """tunnel-down, restart-ipsec, reboot: inject the fault under the same watch as the TUI's
+    (tui/live/fault.py) and print what it measured: how long the tunnels were gone, the data plane's
+    largest gap, the new IKE SA. Exit 1 when a tunnel left ESTABLISHED and did not come back."""
+    node, cmd = args.node, args.command
+    backend.spec().node(node)  # an unknown node is one line before anything runs
+    status = backend.status()
+    if cmd == "tunnel-down":
+        conn = args.conn
+        if status.tunnel(node, conn) is None:
+            backend.tunnel_down(node, conn)  # says why the connection is unknown
+            return ExitCode.CHECK_FAILED
+        plan = FaultPlan.tunnel_down(status, node, conn)
+
+        def inject() -> str:
+            return f"{backend.tunnel_down(node, conn)} (the seed's `{seed_command(conn)}`)"
+    elif cmd == "restart-ipsec":
+        plan = FaultPlan.node_fault(status, node, f"restart IPsec on {node}")
+
+        def inject() -> str:
+            backend.restart_ipsec(node)
+            return "charon restarted"
+    else:
+        plan = FaultPlan.node_fault(status, node, f"reboot {node}")
+
+        def inject() -> str:
+            backend.reboot(node)
+            return f"{node} rebooted"
+    report = run_fault(backend, plan, inject)
+    for part in report.parts:
+        out.print(part, markup=False)
+    if report.new_sa:
+        out.print(f"new IKE SA: {report.new_sa}", markup=False)
+    left = report.watch is not None and report.watch.left_established
+    return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
+
+
 def run_command(args: argparse.Namespace) -> int:
     reporter = Reporter(ConsoleSink(out, quiet=args.quiet))
     cmd = args.command
@@ -276,18 +315,10 @@ def run_command(args: argparse.Namespace) -> int:
         svc = backend.expose(args.node_port)
         out.print(f'service "{svc.name}" exposed: NodePort {svc.node_port} on every node')
         return ExitCode.OK
-    if cmd == "tunnel-down":
-        ran = backend.tunnel_down(args.node, args.conn)
-        out.print(f"{args.node}: {ran} (the seed's `ipsec down {args.conn}`); strongSwan brings it back by itself")
-        return ExitCode.OK
+    if cmd in ("tunnel-down", "restart-ipsec", "reboot"):
+        return fault_command(backend, args)
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
-        return ExitCode.OK
-    if cmd == "restart-ipsec":
-        backend.restart_ipsec(args.node)
-        return ExitCode.OK
-    if cmd == "reboot":
-        backend.reboot(args.node)
         return ExitCode.OK
     raise UsageError(f"unknown command {cmd!r}")
 

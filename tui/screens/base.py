@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 
 class LabScreen(Screen):
-    """A mode. Subclasses implement compose_body() and show_status(); the app calls show_status
-    with every new status while the screen is active, and once when it becomes active."""
+    """A mode. Subclasses implement compose_body() and show_status().
+
+    Each screen watches the app's reactives it shows (status, busy, phase_text here; more in
+    subclasses) and paints itself while it is on the app's screen stack; a screen that comes back
+    (mode switch, a dialog closed) paints itself from the latest state. Nothing pushes into it."""
 
     HELP = ""  # Markdown shown by `?` above the key list
 
@@ -28,7 +31,7 @@ class LabScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header(icon="⛓")
         yield LabBar(id="labbar")
-        if getattr(self.lab_app, "tutorial", None) is not None:
+        if self.lab_app.tutorial is not None:
             from .lesson import LessonPanel
 
             yield LessonPanel(classes="lesson")
@@ -38,19 +41,54 @@ class LabScreen(Screen):
     def compose_body(self) -> ComposeResult:
         return iter(())
 
+    def on_mount(self) -> None:
+        app = self.lab_app
+        self.watch(app, "status", self._status_changed, init=False)
+        for name in ("busy", "phase_text"):
+            self.watch(app, name, self.refresh_bar, init=False)
+        self.set_interval(1.0, self._tick)
+
+    @property
+    def showing(self) -> bool:
+        """On the app's screen stack (perhaps under a dialog), not a suspended mode."""
+        return self in self.app.screen_stack
+
+    def _status_changed(self, status: "LabStatus | None") -> None:
+        if status is not None and self.showing:
+            self.show_status(status)
+            self.refresh_bar()
+
+    def _tick(self) -> None:
+        if self.showing:
+            self.refresh_bar()
+            self.tick()
+
+    def tick(self) -> None:
+        """Once a second while showing (the status age, the timeline)."""
+
     def on_screen_resume(self) -> None:
         self.refresh_bar()
-        for panel in self.query("LessonPanel"):
-            panel.show()  # type: ignore[attr-defined]
         if self.lab_app.status is not None:
             self.show_status(self.lab_app.status)
 
     def refresh_bar(self) -> None:
-        for bar in self.query(LabBar):
-            bar.show(self.lab_app)
+        self.query_one(LabBar).show(self.lab_app)
 
     def show_status(self, status: "LabStatus") -> None:
         """Render from a status (called on the UI thread)."""
+
+    # What the app's actions act on when no argument names it: this screen's selection.
+    @property
+    def selected_node(self) -> str | None:
+        return None
+
+    @property
+    def selected_tunnel(self) -> tuple[str, str] | None:
+        return None
+
+    @property
+    def selected_pod(self) -> str | None:
+        return None
 
 
 def sync_rows(table: DataTable, rows: dict[str, tuple], columns: int) -> None:

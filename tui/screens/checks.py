@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rich.text import Text
@@ -51,9 +52,10 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
         self.unavailable = why
         self.query_one(DataTable).focus()
         self.show_results()
+        for name in ("check_results", "checks_running"):
+            self.watch(self.lab_app, name, self.show_results, init=False)
 
     def on_screen_resume(self) -> None:
-        super().on_screen_resume()
         self.show_results()
 
     def show_results(self) -> None:
@@ -75,14 +77,16 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
                 rows[c.name] = (c.name, kind, Text(r.outcome.value.upper(), style=style), f"{r.seconds:.2f} s",
                                 r.detail.splitlines()[0] if r.detail else "")
         sync_rows(self.query_one(DataTable), rows, len(COLUMNS))
-        done = [r for r in results.values()]
-        passed = sum(1 for r in done if r.outcome.value == "passed")
-        failed = sum(1 for r in done if r.outcome.value == "failed")
+        counts = Counter(r.outcome.value for r in results.values())
         s = Text(f"{len(self.catalog)} checks · ")
-        s.append(f"{passed} passed", style="green")
+        s.append(f"{counts.pop('passed', 0)} passed", style="green")
+        failed = counts.pop("failed", 0)
         s.append(" · ")
         s.append(f"{failed} failed", style="red" if failed else "")
-        s.append(f" · {len(done) - passed - failed} skipped")
+        skipped = counts.pop("skipped", 0)
+        for outcome, n in sorted(counts.items()):  # any other outcome (error, ...) by its own name
+            s.append(f" · {n} {outcome}", style="bold yellow")
+        s.append(f" · {skipped} skipped")
         if app.checks_running:
             s.append("  ⏳ running", style="bold yellow")
         s.append("   a run all · enter run selected", style="dim")

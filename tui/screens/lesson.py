@@ -50,6 +50,8 @@ class LessonPanel(Vertical):
 
     def on_mount(self) -> None:
         self._shown_step: str | None = None
+        for name in ("tutorial_busy", "tutorial_version"):
+            self.watch(self.app, name, self.show, init=False)
         self.show()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -83,7 +85,7 @@ class LessonPanel(Vertical):
         for c in step.commands:
             cmds.append(f"\n  $ {c}", style="")
         self.query_one("#lesson-commands", Static).update(cmds)
-        note = step.netns_note if step.netns_note and app.backend.name == "netns" else ""
+        note = step.netns_note if step.netns_note and app.backend.pods_are_namespaces else ""
         self.query_one("#lesson-note", Static).update(f"On this backend: {note}" if note else "")
         out = Text()
         if app.tutorial_busy:

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar, RichLog, Select, Static, Switch
 
-from ..live import LOG_CAP, LogRecord
+from ..live.logs import LOG_CAP, LogRecord
 from .base import LabScreen
 
 SOURCES = ("provisioning", "charon", "actions", "checks", "tutorial", "app")
@@ -71,10 +71,10 @@ node; **f** toggles follow (stay at the newest line), **t** timestamps. At most 
     def on_mount(self) -> None:
         self.set_interval(0.2, self.drain)
         self.update_progress()
+        self.watch(self.lab_app, "progress", self.update_progress, init=False)
         self.query_one(RichLog).focus()
 
     def on_screen_resume(self) -> None:
-        super().on_screen_resume()
         self.update_progress()
         self.drain()
 
@@ -99,7 +99,6 @@ node; **f** toggles follow (stay at the newest line), **t** timestamps. At most 
         self.query_one("#logs-count", Static).update(
             f"{self._shown} lines shown · {len(store)} kept (cap {store.cap})"
             f" · source {self.source_filter} · node {self.node_filter} · follow {'on' if self.follow else 'off'}")
-        self.update_progress()
 
     def rebuild(self) -> None:
         log = self.query_one(RichLog)
@@ -131,10 +130,8 @@ node; **f** toggles follow (stay at the newest line), **t** timestamps. At most 
         prog = app.progress
         box.display = prog is not None
         if prog is not None:
-            bar = self.query_one(ProgressBar)
-            bar.update(total=prog.total, progress=prog.done)
-            label = "bring-up failed" if prog.failed else ("lab is up" if prog.done >= prog.total else prog.current)
-            self.query_one("#progress-label", Label).update(f"{label} ({prog.done}/{prog.total})")
+            self.query_one(ProgressBar).update(total=prog.total, progress=prog.done)
+            self.query_one("#progress-label", Label).update(prog.label)
 
     # -- controls -----------------------------------------------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:

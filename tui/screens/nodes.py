@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from ..lab.status import LabStatus
-from ..live import age
+from ..live.text import age
 from .base import LabScreen, sync_rows
 
 COLUMNS = ("NAME", "UNDERLAY IP", "POD RANGE", "STATE", "IPSEC", "UPTIME", "PODS", "IPAM (/24)")
@@ -64,8 +64,6 @@ A node here is a network namespace with its own charon; **reboot** wipes its pro
         self._show_detail(status)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None:
-            self.lab_app.selected_node = event.row_key.value
         if self.lab_app.status is not None:
             self._show_detail(self.lab_app.status)
 

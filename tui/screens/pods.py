@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from ..lab.status import LabStatus
-from ..live import age
+from ..live.text import age
 from .base import LabScreen, sync_rows
 
 COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE")
@@ -40,7 +40,7 @@ NodePort on every node · **c** curls the selected pod from a node you choose an
 
     def compose_body(self) -> ComposeResult:
         yield Static("Pods", classes="screen-title")
-        yield Static(Text(NETNS_NOTICE if self.lab_app.backend.name == "netns" else "", style="italic"),
+        yield Static(Text(NETNS_NOTICE if self.lab_app.backend.pods_are_namespaces else "", style="italic"),
                      id="pods-notice", classes="notice")
         table = DataTable(id="pods-table", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
@@ -50,6 +50,7 @@ NodePort on every node · **c** curls the selected pod from a node you choose an
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
+        self.watch(self.lab_app, "curl_reply", lambda t: self.show_reply(t) if t is not None else None, init=False)
 
     @property
     def selected_pod(self) -> str | None:
@@ -57,10 +58,6 @@ NodePort on every node · **c** curls the selected pod from a node you choose an
         if not table.row_count:
             return None
         return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None:
-            self.lab_app.selected_pod = event.row_key.value
 
     def show_status(self, status: LabStatus) -> None:
         now = self.lab_app.clock()

@@ -11,20 +11,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 
 from ..lab.status import LabStatus, TunnelStatus
-from ..live import Reachability, pair_of
+from ..live.reach import Reachability, pair_of
+from ..live.text import bring_up_command, seed_command, take_down_command
 from ..widgets.matrix import TunnelMatrix, legend, state_style
 from ..widgets.timeline import Timeline, timeline_text
 from .base import LabScreen
 
 MAX_ALL_PAIRS = 6  # above this, the timeline shows the pairs of the selected node
-
-
-def take_down_command(conn: str) -> str:
-    return f"swanctl --terminate --ike {conn}"
-
-
-def seed_command(conn: str) -> str:
-    return f"ipsec down {conn}"
 
 
 def _n(v: int) -> str:
@@ -80,7 +73,7 @@ def detail_text(t: TunnelStatus | None, peer_end: TunnelStatus | None, fetched_a
     text.append(f" on {t.node}\n   (the seed's ")
     text.append(seed_command(t.name), style="cyan")
     text.append(")\nu ", style="bold")
-    text.append(f"bring up: swanctl --initiate --child {t.name}")
+    text.append(f"bring up: {bring_up_command(t.name)}")
     return text
 
 
@@ -136,6 +129,25 @@ the timeline show it. **u** initiates the connection at once."""
 
     def on_mount(self) -> None:
         self.query_one(TunnelMatrix).focus()
+        self.watch(self.lab_app, "last_fault", self._fault_changed, init=False)
+
+    def _fault_changed(self) -> None:
+        if self.showing and self.lab_app.status is not None:
+            self.render_panels(self.lab_app.status)
+
+    def tick(self) -> None:
+        if self.lab_app.status is not None:
+            self.render_panels(self.lab_app.status)
+
+    @property
+    def selected_tunnel(self) -> tuple[str, str] | None:
+        t = self.query_one(TunnelMatrix).selected
+        return (t.node, t.name) if t is not None else None
+
+    @property
+    def selected_node(self) -> str | None:
+        t = self.query_one(TunnelMatrix).selected
+        return t.node if t is not None else None
 
     def show_status(self, status: LabStatus) -> None:
         matrix = self.query_one(TunnelMatrix)
@@ -149,14 +161,12 @@ the timeline show it. **u** initiates the connection at once."""
         peer_end = None
         if t is not None:
             peer_end = next((x for x in status.tunnels if x.node == t.peer and x.peer == t.node), None)
-            app.selected_tunnel = (t.node, t.name)
         self.query_one("#tunnel-detail", Static).update(detail_text(t, peer_end, app.status_at))
         pairs, total = timeline_pairs(status, t.node if t else None)
         self.query_one(Timeline).update(timeline_text(app.reach, pairs, app.clock(), total))
         self.query_one("#tunnel-events", Static).update(events_text(app.reach, app.last_fault))
 
     def on_tunnel_matrix_selected(self, event: TunnelMatrix.Selected) -> None:
-        self.lab_app.selected_tunnel = (event.node, event.conn)
         if self.lab_app.status is not None:
             self.render_panels(self.lab_app.status)
 

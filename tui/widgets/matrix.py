@@ -109,12 +109,6 @@ class TunnelMatrix(Widget, can_focus=True):
         self.refresh(layout=nodes_changed)
         self._post_selected()
 
-    def mark_bounced(self, node: str, peer: str, at: float | None = None) -> None:
-        self.bounced[(node, peer)] = self.clock() if at is None else at
-        self._text = None
-        self._strips = None
-        self.refresh()
-
     @property
     def selected(self) -> TunnelStatus | None:
         if not self.nodes:

@@ -6,7 +6,8 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from ..live import Reachability, fmt_gap
+from ..live.reach import Reachability
+from ..live.text import fmt_gap
 from .matrix import short_node
 
 GREEN, RED, YELLOW, DIM = Style(color="green"), Style(color="red", bold=True), Style(color="yellow"), Style(color="grey50")
