@@ -71,18 +71,21 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
                 res = Text("running…" if running else "—", style="yellow" if running else "dim")
                 rows[c.name] = (c.name, kind, res, "", Text(c.purpose, style="dim"))
             else:
-                style = {"passed": "bold green", "failed": "bold red"}.get(r.outcome.value, "yellow")
+                style = {"passed": "bold green", "failed": "bold red", "error": "bold magenta"}.get(r.outcome.value, "yellow")
                 rows[c.name] = (c.name, kind, Text(r.outcome.value.upper(), style=style), f"{r.seconds:.2f} s",
                                 r.detail.splitlines()[0] if r.detail else "")
         sync_rows(self.query_one(DataTable), rows, len(COLUMNS))
         done = [r for r in results.values()]
         passed = sum(1 for r in done if r.outcome.value == "passed")
         failed = sum(1 for r in done if r.outcome.value == "failed")
+        errors = sum(1 for r in done if r.outcome.value == "error")  # could not observe: not a verdict
         s = Text(f"{len(self.catalog)} checks · ")
         s.append(f"{passed} passed", style="green")
         s.append(" · ")
         s.append(f"{failed} failed", style="red" if failed else "")
-        s.append(f" · {len(done) - passed - failed} skipped")
+        s.append(" · ")
+        s.append(f"{errors} errors", style="magenta" if errors else "")
+        s.append(f" · {len(done) - passed - failed - errors} skipped")
         if app.checks_running:
             s.append("  ⏳ running", style="bold yellow")
         s.append("   a run all · enter run selected", style="dim")
@@ -116,7 +119,7 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
             if r is not None:
                 t.append("result   ", style="dim")
                 t.append(f"{r.outcome.value} in {r.seconds:.2f} s\n",
-                         style="green" if r.outcome.value == "passed" else "red" if r.outcome.value == "failed" else "yellow")
+                         style={"passed": "green", "failed": "red", "error": "magenta"}.get(r.outcome.value, "yellow"))
                 t.append(r.detail + "\n")
                 for m in r.measurements:
                     t.append(f"  {m.name}: {m.value:g} {m.unit}\n", style="cyan")
