@@ -39,11 +39,23 @@ def underlay_ip(lab: Any, node: str) -> str:
 
 
 def block_ike_from(lab: Any, node: str, peer: str) -> None:
-    """`node` drops IKE from `peer` (UDP 500, and 4500 with the zero non-ESP marker) but still takes
-    its ESP: the SAs up now keep carrying traffic, and none can be made again."""
+    """`node` drops the IKE_SA_INIT requests and replies of `peer` (exchange type 34, on UDP 500, or
+    on 4500 after the zero non-ESP marker): the SAs up now keep carrying traffic and can still be
+    deleted promptly, but none can be made again."""
     src = underlay_ip(lab, peer)
-    sh(lab, node, f"iptables -w -I INPUT -s {src} -p udp --dport 500 -j DROP && "
-                  f"iptables -w -I INPUT -s {src} -p udp --dport 4500 -m u32 --u32 '0>>22&0x3C@8=0' -j DROP")
+    sh(lab, node, f"iptables -w -I INPUT -s {src} -p udp --dport 500 -m u32 --u32 '0>>22&0x3C@24>>8&0xFF=34' -j DROP && "
+                  f"iptables -w -I INPUT -s {src} -p udp --dport 4500 -m u32 --u32 '0>>22&0x3C@8=0 && 0>>22&0x3C@28>>8&0xFF=34' -j DROP")
+
+
+def cut_node1_node2(lab: Any) -> None:
+    """kube-node2 drops every UDP packet from kube-node1 (IKE and ESP), then kube-node1's mesh-left
+    is taken down; returns once kube-node2's DPD has cleared its end too (about 9 s)."""
+    from .conftest import wait_for
+
+    sh(lab, "kube-node2", "iptables -w -I INPUT -s 192.168.56.11 -p udp -j DROP")
+    lab.tunnel_down("kube-node1", "mesh-left")
+    wait_for(lambda: not lab.status().tunnel("kube-node2", "mesh-left").up, timeout=20, interval=0.2,
+             what="kube-node2's mesh-left down")
 
 
 def kill_charon(lab: Any, node: str) -> None:
@@ -221,9 +233,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("nodes-ready", "charon-killed", "charon on kube-node2 killed (SIGKILL), not restarted",
              lambda lab: kill_charon(lab, "kube-node2")),
     Scenario("tunnels-established", "ike-blocked",
-             "kube-node2 drops all UDP from kube-node1, then kube-node1's mesh-left is terminated",
-             lambda lab: (sh(lab, "kube-node2", "iptables -w -I INPUT -s 192.168.56.11 -p udp -j DROP"),
-                          lab.tunnel_down("kube-node1", "mesh-left"))),
+             "kube-node2 drops all UDP from kube-node1, then kube-node1's mesh-left is terminated; "
+             "recorded once kube-node2's end is down too (its DPD)", cut_node1_node2),
     Scenario("pod-addresses", "no-pods", "nothing deployed", replicas=0, node_port=None),
     Scenario("pod-addresses", "foreign-range",
              "kube-node1's CNI config hands out 10.128.9.0/24, then a pod there is replaced", _foreign_range),

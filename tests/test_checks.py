@@ -152,10 +152,11 @@ def test_nodes_ready_fails_when_a_charon_is_killed_and_not_restarted(lab):
 
 
 def test_tunnels_established_fails_when_a_peer_is_unreachable_for_ike(lab):
-    # node2 drops IKE from node1, then node1's mesh-left is taken down: it cannot come back.
-    brk.sh(lab, "kube-node2", "iptables -w -I INPUT -s 192.168.56.11 -p udp -j DROP")
-    lab.tunnel_down("kube-node1", "mesh-left")
-    must_fail(lab, "tunnels-established", "1 tunnel ends not up: kube-node1 mesh-left (to kube-node2): IKE DOWN, CHILD DOWN"
+    # node2 drops every UDP packet from node1 (IKE and ESP), then node1's mesh-left is taken
+    # down: it cannot come back; once node2's DPD clears its end, both ends are down.
+    brk.cut_node1_node2(lab)
+    must_fail(lab, "tunnels-established", "2 tunnel ends not up: kube-node1 mesh-left (to kube-node2): IKE DOWN, CHILD DOWN; "
+                                          "kube-node2 mesh-left (to kube-node1): IKE DOWN, CHILD DOWN"
                                           " — see `swanctl --list-sas` and the node's charon log")
     must_pass(lab, "nodes-ready")
 
