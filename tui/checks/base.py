@@ -1,15 +1,20 @@
 """What a check is: a name, a purpose, what to run (collect) and how to judge what came back.
 
 collect() talks to the lab only through the Backend interface, so every check runs the same on
-every backend; judge() is a pure function of what collect() observed, so it can be tested on
-recorded observations and its verdict explains itself in one line a human can act on.
+every backend; judge() is a pure function of what collect() observed (a typed, JSON-shaped
+observation), so it is tested on observations recorded from real labs (tests/recordings/), and its
+verdict explains itself in one line a human can act on.
+
+Three ends: PASSED, FAILED (the judge says the property does not hold) and ERROR (the check could
+not observe: collect raised, timed out, or a tool was missing). SKIPPED is for checks that do not
+apply. A judge never returns ERROR; the runner does, for what collect could not do.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, TypeVar
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -20,8 +25,9 @@ if TYPE_CHECKING:
 
 class Outcome(str, Enum):
     PASSED = "passed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
+    FAILED = "failed"  # the judge says the property does not hold
+    ERROR = "error"  # the check could not observe (an exception, a timeout, a missing tool)
+    SKIPPED = "skipped"  # the check does not apply here
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class Verdict:
         return cls(Outcome.FAILED, detail, measurements)
 
     @classmethod
+    def error(cls, detail: str) -> "Verdict":
+        return cls(Outcome.ERROR, detail)
+
+    @classmethod
     def skipped(cls, detail: str) -> "Verdict":
         return cls(Outcome.SKIPPED, detail)
 
@@ -58,6 +68,7 @@ class CheckResult:
     detail: str
     seconds: float
     measurements: tuple[Measurement, ...] = ()
+    observation: Mapping[str, Any] | None = None  # what collect saw (None when it raised)
 
     @property
     def passed(self) -> bool:
@@ -71,30 +82,43 @@ class CheckResult:
             "detail": self.detail,
             "seconds": round(self.seconds, 3),
             "measurements": [{"name": m.name, "value": m.value, "unit": m.unit} for m in self.measurements],
+            "observation": self.observation,
         }
 
 
 @dataclass
 class CheckContext:
-    """What a check gets: the lab, its spec, and a place to leave things for later checks."""
+    """What a check gets: the lab, its spec, and what the runner tells it about the run."""
 
     backend: "Backend"
     spec: "LabSpec"
     reporter: "Reporter"
-    shared: dict[str, Any] = field(default_factory=dict)  # e.g. the fault-time capture
+    fault_capture: object | None = None  # a capture running across the faults (see FaultWatch)
+    faults: list[str] = field(default_factory=list)  # the faults injected while it ran, in order
 
     def status(self) -> "LabStatus":
         return self.backend.status()
 
 
-Observation = dict[str, Any]
+@dataclass(frozen=True)
+class FaultWatch:
+    """A check that observes the faults other checks inject declares this: the runner calls
+    `start` before the first disruptive check it runs (and after none, if none runs), notes each
+    fault in `ctx.faults`, and calls `stop` when the run ends, whatever happened (idempotent)."""
+
+    start: Callable[[CheckContext], None]
+    stop: Callable[[CheckContext], None]
+
+
+O = TypeVar("O")
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(Generic[O]):
     name: str
     purpose: str
     runs: str  # what it runs on which node, for humans (--list-checks, the TUI, the tutorial)
-    collect: Callable[[CheckContext], Observation]
-    judge: Callable[[Observation], Verdict]
+    collect: Callable[[CheckContext], O]  # O: a TypedDict of JSON types (recorded and replayed)
+    judge: Callable[[O], Verdict]
     disruptive: bool = False  # injects a fault (the lab recovers by itself)
+    watches_faults: FaultWatch | None = None  # runs across the other checks' faults

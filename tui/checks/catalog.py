@@ -1,8 +1,11 @@
 """The check catalog: every property of the lab a user relies on, as collect + judge pairs.
 
-collect() runs things on the lab through the Backend (the same on every backend); judge() turns
-what it observed into a Verdict with one actionable line. Disruptive checks inject a fault and
-measure how long traffic stopped with a fast ping loop; the lab heals by itself.
+collect() runs things on the lab through the Backend (the same on every backend) and returns a
+typed observation (a TypedDict of JSON types: the runner's --json report carries it, and
+tests/recordings/ holds real ones); judge() turns it into a Verdict with one actionable line.
+collect() raises (LabError) when it cannot observe: the runner reports that as ERROR, never as a
+verdict. Disruptive checks inject a fault and measure how long traffic stopped with a fast ping
+loop; the lab heals by itself.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import secrets
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable, TypedDict
 
 from ..lab import pcap, probes
 from ..lab.errors import LabError
-from .base import Check, CheckContext, Measurement, Observation, Verdict
+from ..lab.model import Pod
+from ..lab.proc import Result
+from .base import Check, CheckContext, FaultWatch, Measurement, Verdict
 
 # Bounds the recovery checks assert (seconds). Generous against the measured figures (tens to
 # hundreds of milliseconds on netns) so a busy CI machine does not flake; the value is reported.
@@ -33,55 +39,94 @@ IPAM_CHURN = 300  # more than the 253 addresses of a node's /24
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _pods_by_node(ctx: CheckContext) -> dict[str, list]:
-    by: dict[str, list] = defaultdict(list)
+def _pods_by_node(ctx: CheckContext) -> dict[str, list[Pod]]:
+    by: dict[str, list[Pod]] = defaultdict(list)
     for p in ctx.status().pods:
         if p.ip:
             by[p.node].append(p)
     return by
 
 
-def _wait_healthy(ctx: CheckContext, timeout: float = HEAL_TIMEOUT_S) -> float:
-    """Seconds until every tunnel end is up again; raises LabError if it never is."""
+def _wait_healthy(ctx: CheckContext, timeout: float | None = None) -> tuple[float | None, list[str]]:
+    """Seconds until every tunnel end is up again (HEAL_TIMEOUT_S, read when called, at most),
+    or None and the ends still down."""
+    limit = HEAL_TIMEOUT_S if timeout is None else timeout
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+    while time.monotonic() - t0 < limit:
         if ctx.status().all_tunnels_up:
-            return time.monotonic() - t0
+            return time.monotonic() - t0, []
         time.sleep(0.05)
-    down = [f"{t.node}/{t.name}" for t in ctx.status().tunnels if not t.up]
-    raise LabError(f"the mesh did not heal within {timeout:.0f} s: {', '.join(down[:4])} still down")
+    return None, [f"{t.node}/{t.name}" for t in ctx.status().tunnels if not t.up]
+
+
+def _require_healthy(ctx: CheckContext) -> float:
+    heal, down = _wait_healthy(ctx)
+    if heal is None:
+        raise LabError(f"the mesh did not heal within {HEAL_TIMEOUT_S:.0f} s: {', '.join(down[:4])} still down")
+    return heal
 
 
 def _peer_conn(ctx: CheckContext, node: str, peer: str) -> str:
     return next(t.name for t in ctx.spec.tunnels_of(node) if t.peer == peer)
 
 
+def _ran(res: Result, what: str) -> str:
+    """stdout of a command that must have run; a missing tool or a crash is no observation."""
+    if res.returncode in (126, 127) or (not res.ok and not res.stdout.strip()):
+        raise LabError(f"{what} could not run (exit {res.returncode}): {(res.stderr or res.stdout).strip()[-200:]}")
+    return res.stdout
+
+
 # -- nodes-ready --------------------------------------------------------------------------------
-def collect_nodes(ctx: CheckContext) -> Observation:
-    return {"nodes": [(n.name, n.state, n.ipsec_state) for n in ctx.status().nodes], "expected": ctx.spec.nodes}
+class NodeSeen(TypedDict):
+    name: str
+    state: str
+    ipsec: str
 
 
-def judge_nodes(obs: Observation) -> Verdict:
-    bad = [f"{n} is {state}, IPsec {ipsec}" for n, state, ipsec in obs["nodes"] if state != "ready" or ipsec != "running"]
-    if len(obs["nodes"]) != obs["expected"]:
-        bad.append(f"{len(obs['nodes'])} nodes, expected {obs['expected']}")
+class NodesObs(TypedDict):
+    nodes: list[NodeSeen]
+
+
+def collect_nodes(ctx: CheckContext) -> NodesObs:
+    return {"nodes": [{"name": n.name, "state": n.state, "ipsec": n.ipsec_state} for n in ctx.status().nodes]}
+
+
+def judge_nodes(obs: NodesObs) -> Verdict:
+    bad = [f"{n['name']} is {n['state']}, IPsec {n['ipsec']}" for n in obs["nodes"]
+           if n["state"] != "ready" or n["ipsec"] != "running"]
     if bad:
         return Verdict.failed("; ".join(bad))
     return Verdict.passed(f"{len(obs['nodes'])} nodes Ready, an IPsec daemon running on each")
 
 
 # -- tunnels-established ------------------------------------------------------------------------
-def collect_tunnels(ctx: CheckContext) -> Observation:
+class TunnelEnd(TypedDict):
+    node: str
+    name: str
+    peer: str
+    ike: str
+    child: str
+
+
+class TunnelsObs(TypedDict):
+    ends: list[TunnelEnd]
+    duplicates: int
+    nodes: list[str]
+
+
+def collect_tunnels(ctx: CheckContext) -> TunnelsObs:
     tunnels = ctx.status().tunnels
     return {
-        "ends": [(t.node, t.name, t.peer, t.ike_state, t.child_state) for t in tunnels],
+        "ends": [{"node": t.node, "name": t.name, "peer": t.peer, "ike": t.ike_state, "child": t.child_state}
+                 for t in tunnels],
         "duplicates": sum(max(0, t.ike_sas - 1) for t in tunnels),
         "nodes": [n.name for n in ctx.spec.node_list()],
     }
 
 
-def judge_tunnels(obs: Observation) -> Verdict:
-    ends = {(node, peer): (name, ike, child) for node, name, peer, ike, child in obs["ends"]}
+def judge_tunnels(obs: TunnelsObs) -> Verdict:
+    ends = {(e["node"], e["peer"]): (e["name"], e["ike"], e["child"]) for e in obs["ends"]}
     nodes = obs["nodes"]
     bad = []
     pairs = 0
@@ -95,27 +140,40 @@ def judge_tunnels(obs: Observation) -> Verdict:
     if bad:
         return Verdict.failed(f"{len(bad)} tunnel ends not up: " + "; ".join(bad[:4]) +
                               " — see `swanctl --list-sas` and the node's charon log")
-    dup = obs.get("duplicates", 0)
+    dup = obs["duplicates"]
     note = f"; {dup} extra IKE SAs (both ends initiated at once)" if dup else ", one IKE SA each"
     return Verdict.passed(f"{pairs} node pairs, both ends IKE ESTABLISHED and CHILD INSTALLED (read over vici){note}",
                           Measurement("node_pairs", pairs, "pairs"), Measurement("duplicate_ike_sas", dup, "SAs"))
 
 
 # -- pod-addresses ------------------------------------------------------------------------------
-def collect_pod_addresses(ctx: CheckContext) -> Observation:
+class PodSeen(TypedDict):
+    name: str
+    node: str
+    ip: str | None
+    created: float
+
+
+class PodAddressesObs(TypedDict):
+    ranges: dict[str, str]
+    pods: list[PodSeen]
+
+
+def collect_pod_addresses(ctx: CheckContext) -> PodAddressesObs:
     return {
         "ranges": {n.name: str(n.pod_cidr) for n in ctx.spec.node_list()},
-        "pods": [(p.name, p.node, p.ip, p.created) for p in ctx.status().pods],
+        "pods": [{"name": p.name, "node": p.node, "ip": p.ip, "created": p.created} for p in ctx.status().pods],
     }
 
 
-def judge_pod_addresses(obs: Observation) -> Verdict:
+def judge_pod_addresses(obs: PodAddressesObs) -> Verdict:
     if not obs["pods"]:
         return Verdict.failed("no pods: deploy first (`ipsec-lab deploy`)")
     bad = []
     seen: dict[str, str] = {}
-    by_node: dict[str, list] = defaultdict(list)
-    for name, node, ip, created in obs["pods"]:
+    by_node: dict[str, list[tuple[float, ipaddress.IPv4Address | ipaddress.IPv6Address, str]]] = defaultdict(list)
+    for p in obs["pods"]:
+        name, node, ip = p["name"], p["node"], p["ip"]
         net = ipaddress.ip_network(obs["ranges"][node])
         if ip is None:
             bad.append(f"{name} has no address")
@@ -126,9 +184,9 @@ def judge_pod_addresses(obs: Observation) -> Verdict:
         if ip in seen:
             bad.append(f"{name} and {seen[ip]} share {ip}")
         seen[ip] = name
-        by_node[node].append((created, addr, name))
+        by_node[node].append((p["created"], addr, name))
     for node, pods in by_node.items():
-        ordered = [a for _, a, _ in sorted(pods)]
+        ordered = [a for _, a, _ in sorted(pods, key=lambda t: t[0])]
         if ordered != sorted(ordered):
             bad.append(f"{node}: addresses not handed out in order ({', '.join(map(str, ordered))})")
     if bad:
@@ -137,22 +195,37 @@ def judge_pod_addresses(obs: Observation) -> Verdict:
 
 
 # -- node-to-pod --------------------------------------------------------------------------------
-def collect_node_to_pod(ctx: CheckContext) -> Observation:
+class PodIp(TypedDict):
+    name: str
+    node: str
+    ip: str
+
+
+class NodeToPodObs(TypedDict):
+    pods: list[PodIp]
+    results: dict[str, dict[str, str]]  # node -> pod IP -> "ok" | "fail"
+
+
+def collect_node_to_pod(ctx: CheckContext) -> NodeToPodObs:
     pods = [p for p in ctx.status().pods if p.ip]
-    results = {}
-    script = "for ip in " + " ".join(p.ip for p in pods) + "; do " \
+    results: dict[str, dict[str, str]] = {}
+    script = "for ip in " + " ".join(str(p.ip) for p in pods) + "; do " \
              "(ping -n -q -c 1 -W 2 $ip >/dev/null 2>&1 && echo ok $ip || echo fail $ip) & done; wait"
     for n in ctx.spec.node_list():
         res = ctx.backend.exec(n.name, ["sh", "-c", script], timeout=30)
-        results[n.name] = dict(line.split()[::-1] for line in res.stdout.splitlines() if len(line.split()) == 2)
-    return {"pods": [(p.name, p.node, p.ip) for p in pods], "results": results}
+        got = dict(line.split()[::-1] for line in _ran(res, f"ping on {n.name}").splitlines() if len(line.split()) == 2)
+        unheard = [str(p.ip) for p in pods if got.get(str(p.ip)) not in ("ok", "fail")]
+        if unheard:
+            raise LabError(f"ping on {n.name} reported nothing for {len(unheard)} pods ({unheard[0]}, ...)")
+        results[n.name] = got
+    return {"pods": [{"name": p.name, "node": p.node, "ip": str(p.ip)} for p in pods], "results": results}
 
 
-def judge_node_to_pod(obs: Observation) -> Verdict:
+def judge_node_to_pod(obs: NodeToPodObs) -> Verdict:
     if not obs["pods"]:
         return Verdict.failed("no pods to ping: deploy first")
-    bad = [f"{node} -> {name} ({ip})" for node, res in obs["results"].items()
-           for name, _, ip in obs["pods"] if res.get(ip) != "ok"]
+    bad = [f"{node} -> {p['name']} ({p['ip']})" for node, res in obs["results"].items()
+           for p in obs["pods"] if res.get(p["ip"]) != "ok"]
     total = len(obs["results"]) * len(obs["pods"])
     if bad:
         return Verdict.failed(f"{len(bad)}/{total} pings unanswered: " + ", ".join(bad[:4]))
@@ -160,23 +233,35 @@ def judge_node_to_pod(obs: Observation) -> Verdict:
 
 
 # -- pod-to-pod-http ----------------------------------------------------------------------------
-def collect_pod_to_pod(ctx: CheckContext) -> Observation:
+class PodOn(TypedDict):
+    name: str
+    node: str
+
+
+class PodToPodObs(TypedDict):
+    pods: list[PodOn]
+    replies: dict[str, dict[str, str]]  # source pod -> target pod -> body
+
+
+def collect_pod_to_pod(ctx: CheckContext) -> PodToPodObs:
     pods = [p for p in ctx.status().pods if p.ip]
 
-    def from_pod(src) -> tuple[str, dict[str, str]]:
+    def from_pod(src: Pod) -> tuple[str, dict[str, str]]:
         targets = [p for p in pods if p.name != src.name]
         urls = [f"http://{t.ip}:8080/" for t in targets]
         res = ctx.backend.pod_exec(src.name, probes.curl_argv(urls), timeout=len(urls) * 2 + 10)
+        if res.returncode in (126, 127):
+            raise LabError(f"curl could not run in pod {src.name}: {res.stderr.strip()[-200:]}")
         replies = probes.parse_curl(urls, res.stdout)
         return src.name, {t.name: r.body for t, r in zip(targets, replies)}
 
     # Every source pod at once: a broken path costs its timeouts once per source, not in sum.
     with ThreadPoolExecutor(max_workers=8) as pool:
         replies = dict(pool.map(from_pod, pods))
-    return {"pods": [(p.name, p.node) for p in pods], "replies": replies}
+    return {"pods": [{"name": p.name, "node": p.node} for p in pods], "replies": replies}
 
 
-def judge_pod_to_pod(obs: Observation) -> Verdict:
+def judge_pod_to_pod(obs: PodToPodObs) -> Verdict:
     if len(obs["pods"]) < 2:
         return Verdict.failed("fewer than two pods: deploy first")
     bad = [f"{src} -> {dst}: {body[:60]!r}" for src, got in obs["replies"].items() for dst, body in got.items()
@@ -191,12 +276,18 @@ def judge_pod_to_pod(obs: Observation) -> Verdict:
 NODEPORT_REQUESTS = 150  # enough for 9 pods to all be hit with overwhelming probability
 
 
-def collect_nodeport(ctx: CheckContext) -> Observation:
+class NodePortObs(TypedDict):
+    service: int | None
+    pods: list[str]
+    per_node: dict[str, list[str | None]]  # node -> the pod that answered each request (None: failed)
+
+
+def collect_nodeport(ctx: CheckContext) -> NodePortObs:
     st = ctx.status()
     if not st.services:
-        return {"service": None}
+        return {"service": None, "pods": [p.name for p in st.pods if p.ip], "per_node": {}}
     port = st.services[0].node_port
-    per_node = {}
+    per_node: dict[str, list[str | None]] = {}
     for n in st.nodes:
         url = f"http://{n.ip}:{port}/"
         # Five curls at once, 30 requests each: a broken NodePort costs 30 timeouts, not 150.
@@ -208,7 +299,7 @@ def collect_nodeport(ctx: CheckContext) -> Observation:
     return {"service": port, "pods": [p.name for p in st.pods if p.ip], "per_node": per_node}
 
 
-def judge_nodeport(obs: Observation) -> Verdict:
+def judge_nodeport(obs: NodePortObs) -> Verdict:
     if obs["service"] is None:
         return Verdict.failed("no NodePort service: run `ipsec-lab expose`")
     bad = []
@@ -226,7 +317,34 @@ def judge_nodeport(obs: Observation) -> Verdict:
 
 
 # -- underlay-encrypted -------------------------------------------------------------------------
-def _cross_node_pair(ctx: CheckContext):
+class Wire(TypedDict):
+    """What a capture on the underlay saw (tui.lab.pcap.WireSummary, as JSON)."""
+
+    packets: int
+    ipv4: int
+    esp: int
+    ike: int
+    fragments: int
+    cleartext_pod: int
+    marker_hits: int
+    largest_ip: int
+    examples: list[str]
+
+
+def _wire(s: pcap.WireSummary) -> Wire:
+    return {"packets": s.packets, "ipv4": s.ipv4, "esp": s.esp, "ike": s.ike, "fragments": s.fragments,
+            "cleartext_pod": s.cleartext_pod, "marker_hits": s.marker_hits, "largest_ip": s.largest_ip,
+            "examples": list(s.examples)}
+
+
+class EncryptedObs(TypedDict):
+    summary: Wire
+    control_hits: int
+    marker_hits: int
+    pair: str
+
+
+def _cross_node_pair(ctx: CheckContext) -> tuple[Pod, Pod]:
     by = _pods_by_node(ctx)
     nodes = [n.name for n in ctx.spec.node_list() if by.get(n.name)]
     if len(nodes) < 2:
@@ -234,7 +352,7 @@ def _cross_node_pair(ctx: CheckContext):
     return by[nodes[0]][0], by[nodes[1]][0]
 
 
-def collect_underlay_encrypted(ctx: CheckContext) -> Observation:
+def collect_underlay_encrypted(ctx: CheckContext) -> EncryptedObs:
     marker = "IPSECLAB" + secrets.token_hex(4).upper()
     control = "CTRL" + secrets.token_hex(4).upper()
     src, dst = _cross_node_pair(ctx)
@@ -247,7 +365,7 @@ def collect_underlay_encrypted(ctx: CheckContext) -> Observation:
         # Pod traffic across the tunnel, carrying the marker: HTTP from a pod, ping from the node.
         for _ in range(3):
             ctx.backend.pod_exec(src.name, ["curl", "-s", "-m", "2", f"http://{dst.ip}:8080/{marker}"])
-        ctx.backend.exec(n1.name, ["ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-p", marker.encode().hex(), dst.ip])
+        ctx.backend.exec(n1.name, ["ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-p", marker.encode().hex(), str(dst.ip)])
         time.sleep(0.1)
     finally:
         path = ctx.backend.stop_capture(cap)
@@ -255,11 +373,11 @@ def collect_underlay_encrypted(ctx: CheckContext) -> Observation:
     control_hits = pcap.summarize(path, ctx.spec.pod_supernet, control.encode()).marker_hits
     with contextlib.suppress(OSError):
         os.unlink(path)
-    return {"summary": summary.__dict__, "control_hits": control_hits, "marker_hits": summary.marker_hits,
+    return {"summary": _wire(summary), "control_hits": control_hits, "marker_hits": summary.marker_hits,
             "pair": f"{src.name} ({src.node}) -> {dst.name} ({dst.node})"}
 
 
-def judge_underlay_encrypted(obs: Observation) -> Verdict:
+def judge_underlay_encrypted(obs: EncryptedObs) -> Verdict:
     s = obs["summary"]
     ms = (Measurement("esp_packets", s["esp"], "packets"), Measurement("cleartext_pod_packets", s["cleartext_pod"], "packets"))
     if obs["control_hits"] == 0:
@@ -275,11 +393,25 @@ def judge_underlay_encrypted(obs: Observation) -> Verdict:
 
 
 # -- pmtu ---------------------------------------------------------------------------------------
-def collect_pmtu(ctx: CheckContext) -> Observation:
+class PathSeen(TypedDict):
+    src: str
+    dst: str
+    ok: bool
+
+
+class PmtuObs(TypedDict):
+    mtu: int
+    results: list[PathSeen]
+    fragments: int
+    largest: int
+    esp: int
+
+
+def collect_pmtu(ctx: CheckContext) -> PmtuObs:
     by = _pods_by_node(ctx)
     mtu = ctx.spec.pod_mtu
     payload = mtu - 28  # IPv4 20 + ICMP 8: a full-size pod packet
-    results = []
+    results: list[PathSeen] = []
     cap = ctx.backend.start_capture(f"pmtu-{secrets.token_hex(3)}")
     try:
         for a in ctx.spec.node_list():
@@ -288,8 +420,10 @@ def collect_pmtu(ctx: CheckContext) -> Observation:
                     continue
                 src, dst = by[a.name][0], by[b.name][0]
                 res = ctx.backend.pod_exec(src.name, ["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2",
-                                                      "-M", "do", "-s", str(payload), dst.ip])
-                results.append((src.node, dst.node, res.ok))
+                                                      "-M", "do", "-s", str(payload), str(dst.ip)])
+                if res.returncode not in (0, 1):  # 1: no reply; 2 and up: ping itself failed
+                    raise LabError(f"ping could not run in pod {src.name} (exit {res.returncode}): {res.stderr.strip()[-200:]}")
+                results.append({"src": src.node, "dst": dst.node, "ok": res.ok})
     finally:
         path = ctx.backend.stop_capture(cap)
     s = pcap.summarize(path, ctx.spec.pod_supernet)
@@ -298,12 +432,12 @@ def collect_pmtu(ctx: CheckContext) -> Observation:
     return {"mtu": mtu, "results": results, "fragments": s.fragments, "largest": s.largest_ip, "esp": s.esp}
 
 
-def judge_pmtu(obs: Observation) -> Verdict:
+def judge_pmtu(obs: PmtuObs) -> Verdict:
     ms = (Measurement("pod_mtu", obs["mtu"], "bytes"), Measurement("largest_underlay_packet", obs["largest"], "bytes"),
           Measurement("underlay_fragments", obs["fragments"], "packets"))
     if not obs["results"]:
         return Verdict.failed("needs pods on two nodes: deploy first", *ms)
-    bad = [f"{a}->{b}" for a, b, ok in obs["results"] if not ok]
+    bad = [f"{r['src']}->{r['dst']}" for r in obs["results"] if not r["ok"]]
     if bad:
         return Verdict.failed(f"full-size ({obs['mtu']} bytes) don't-fragment pings lost on {', '.join(bad[:4])}: "
                               "pod MTU larger than the tunnel carries, or ICMP 'fragmentation needed' filtered", *ms)
@@ -315,13 +449,18 @@ def judge_pmtu(obs: Observation) -> Verdict:
 
 
 # -- forward-policy -----------------------------------------------------------------------------
-def collect_forward(ctx: CheckContext) -> Observation:
-    return {n.name: ctx.backend.exec(n.name, ["iptables", "-w", "-S", "FORWARD"]).stdout for n in ctx.spec.node_list()}
+class ForwardObs(TypedDict):
+    rules: dict[str, str]  # node -> `iptables -S FORWARD`
 
 
-def judge_forward(obs: Observation) -> Verdict:
+def collect_forward(ctx: CheckContext) -> ForwardObs:
+    return {"rules": {n.name: _ran(ctx.backend.exec(n.name, ["iptables", "-w", "-S", "FORWARD"]), f"iptables on {n.name}")
+                      for n in ctx.spec.node_list()}}
+
+
+def judge_forward(obs: ForwardObs) -> Verdict:
     bad = []
-    for node, rules in obs.items():
+    for node, rules in obs["rules"].items():
         lines = rules.splitlines()
         if "-P FORWARD DROP" not in lines:
             bad.append(f"{node}: FORWARD policy is not DROP ({lines[0] if lines else 'no output'})")
@@ -330,7 +469,7 @@ def judge_forward(obs: Observation) -> Verdict:
                 bad.append(f"{node}: no explicit ACCEPT for pod traffic {what} (iptables -A FORWARD {flag} -j ACCEPT)")
     if bad:
         return Verdict.failed("; ".join(bad[:4]))
-    return Verdict.passed(f"{len(obs)} nodes: FORWARD policy DROP with explicit ACCEPTs in and out of cni0")
+    return Verdict.passed(f"{len(obs['rules'])} nodes: FORWARD policy DROP with explicit ACCEPTs in and out of cni0")
 
 
 # -- boot-order ---------------------------------------------------------------------------------
@@ -343,19 +482,30 @@ BOOT_ORDER_SCRIPT = (
 )
 
 
-def collect_boot_order(ctx: CheckContext) -> Observation:
-    out = {}
+class BootSeen(TypedDict):
+    cni0: list[str]
+    boot: str
+    charon: str
+    expected: str
+
+
+class BootOrderObs(TypedDict):
+    nodes: dict[str, BootSeen]
+
+
+def collect_boot_order(ctx: CheckContext) -> BootOrderObs:
+    out: dict[str, BootSeen] = {}
     for n in ctx.spec.node_list():
-        res = ctx.backend.exec(n.name, ["sh", "-c", BOOT_ORDER_SCRIPT])
-        fields = {line.split()[0]: line.split()[1:] for line in res.stdout.splitlines() if line.split()}
+        stdout = _ran(ctx.backend.exec(n.name, ["sh", "-c", BOOT_ORDER_SCRIPT]), f"the boot-order probe on {n.name}")
+        fields = {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if line.split()}
         out[n.name] = {"cni0": fields.get("cni0", []), "boot": fields.get("boot", ["none"])[0],
                        "charon": fields.get("charon", ["none"])[0], "expected": f"{n.cni0_ip}/{n.pod_cidr.prefixlen}"}
-    return out
+    return {"nodes": out}
 
 
-def judge_boot_order(obs: Observation) -> Verdict:
+def judge_boot_order(obs: BootOrderObs) -> Verdict:
     bad = []
-    for node, o in obs.items():
+    for node, o in obs["nodes"].items():
         if o["expected"] not in o["cni0"]:
             bad.append(f"{node}: cni0 lacks {o['expected']} ({' '.join(o['cni0']) or 'no cni0'})")
         if o["boot"] == "none" or o["charon"] == "none":
@@ -365,7 +515,7 @@ def judge_boot_order(obs: Observation) -> Verdict:
             bad.append(f"{node}: cni0/firewall set up at {o['boot']} s, after the IPsec daemon started at {o['charon']} s")
     if bad:
         return Verdict.failed("; ".join(bad[:4]))
-    return Verdict.passed(f"{len(obs)} nodes: cni0 up with its address and the firewall in place before charon started")
+    return Verdict.passed(f"{len(obs['nodes'])} nodes: cni0 up with its address and the firewall in place before charon started")
 
 
 # -- ipam-no-exhaustion -------------------------------------------------------------------------
@@ -379,10 +529,19 @@ def _ipam_script(ctx: CheckContext, node: str, command_loop: str) -> str:
 def _ipam_conf(ctx: CheckContext, node: str) -> tuple[str, str]:
     conflist = ctx.backend.cni_config(node)
     plugin = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"], name=conflist["name"])
-    return json.dumps(plugin), plugin["ipam"].get("dataDir", "/var/lib/cni/networks")
+    return json.dumps(plugin), str(plugin["ipam"].get("dataDir", "/var/lib/cni/networks"))
 
 
-def collect_ipam(ctx: CheckContext) -> Observation:
+class IpamObs(TypedDict):
+    node: str
+    data_dir: str
+    churn: str
+    churn_ok: bool
+    leaked_before_reboot: int
+    leaked_after_reboot: int
+
+
+def collect_ipam(ctx: CheckContext) -> IpamObs:
     node = ctx.spec.node_list()[-1].name
     conf, data_dir = _ipam_conf(ctx, node)
     hl = f"{ctx.backend.cni_bin_dir}/host-local"
@@ -392,6 +551,8 @@ def collect_ipam(ctx: CheckContext) -> Observation:
         f"echo \"$cfg\" | CNI_COMMAND=DEL CNI_CONTAINERID=ipamchurn$i {hl} >/dev/null || {{ echo del-failed $i; exit 1; }}; "
         "done; echo churned $i")
     res = ctx.backend.exec(node, ["sh", "-c", churn], input=conf, timeout=120)
+    if not res.stdout.strip():
+        raise LabError(f"the host-local churn on {node} said nothing (exit {res.returncode}): {res.stderr.strip()[-200:]}")
     # Leak reservations the way a crash does (ADD, never DEL), then reboot the node: with the
     # data under /run they are gone; on persistent storage they would pile up until exhaustion.
     leak = _ipam_script(ctx, node,
@@ -399,13 +560,13 @@ def collect_ipam(ctx: CheckContext) -> Observation:
         f"grep -l ipamleak {data_dir}/{json.loads(conf)['name']}/* 2>/dev/null | wc -l")
     leaked_before = ctx.backend.exec(node, ["sh", "-c", leak], input=conf).stdout.strip()
     ctx.backend.reboot(node)
-    _wait_healthy(ctx)
+    _require_healthy(ctx)
     left = ctx.backend.exec(node, ["sh", "-c", f"grep -l ipamleak {data_dir}/{json.loads(conf)['name']}/* 2>/dev/null | wc -l"]).stdout.strip()
-    return {"node": node, "data_dir": data_dir, "churn": res.stdout.strip() or res.stderr.strip(), "churn_ok": res.ok,
+    return {"node": node, "data_dir": data_dir, "churn": res.stdout.strip(), "churn_ok": res.ok,
             "leaked_before_reboot": int(leaked_before or 0), "leaked_after_reboot": int(left or 0)}
 
 
-def judge_ipam(obs: Observation) -> Verdict:
+def judge_ipam(obs: IpamObs) -> Verdict:
     ms = (Measurement("churned_allocations", IPAM_CHURN, "pods"), Measurement("leaked_after_reboot", obs["leaked_after_reboot"], "addresses"))
     bad = []
     if not obs["data_dir"].startswith("/run/"):
@@ -421,130 +582,189 @@ def judge_ipam(obs: Observation) -> Verdict:
 
 
 # -- recovery -----------------------------------------------------------------------------------
-def _recovery(ctx: CheckContext, src: str, dst: str, fault, *, wait_s: float, settle: float = 0.3,
-              fault_s: float = 0.0) -> Observation:
+class RecoveryObs(TypedDict):
+    pair: str
+    fault: str
+    fault_s: float  # how long the fault itself took (the outage, the reboot)
+    waited_s: float  # how long after the fault the check waited for a reply
+    gap: float | None  # the longest silence from the fault on; None: traffic did not come back
+    first_reply_after_s: float | None
+    mesh_heal_s: float | None  # None: the mesh was not whole within heal_timeout_s
+    heal_timeout_s: float
+    still_down: list[str]  # the tunnel ends still down when the heal wait ended
+
+
+class OutageObs(RecoveryObs):
+    outage_s: float
+    recovery_after_restore_s: float | None
+
+
+def _recovery(ctx: CheckContext, src: str, dst: str, fault: Callable[[], object], what: str, *, wait_s: float,
+              settle: float = 0.3, fault_s: float = 0.0) -> RecoveryObs:
     """Ping dst's cni0 from src's (through their tunnel) while the fault happens; measure the gap.
 
     Traffic must be back within `wait_s` of the fault's end; past that the check has failed
     anyway, so it waits no longer.
     """
     ip = str(ctx.spec.node(dst).cni0_ip)
-    loop = probes.PingLoop(ctx.backend, src, ip, max_seconds=fault_s + wait_s + 30)
-    heal = None
+    loop = probes.PingLoop(ctx.backend, src, ip, max_seconds=fault_s + wait_s + HEAL_TIMEOUT_S + 5)
+    heal: float | None = None
+    down: list[str] = []
     try:
         if loop.wait_reply_after(0, 5) is None:
-            raise LabError(f"no ping reply from {dst} ({ip}) to {src} before the fault")
+            raise LabError(f"no ping reply from {dst} ({ip}) to {src} before the fault: the check cannot measure a gap")
         time.sleep(settle)
         t_fault = time.time()
-        info = fault() or {}
+        fault()
         t_done = time.time()
         first = loop.wait_reply_after(t_done, wait_s)
         if first is not None:
-            heal = _wait_healthy(ctx)
+            heal, down = _wait_healthy(ctx)
             time.sleep(settle)
     finally:
         loop.stop()
-    return {"gap": loop.gap(after=t_fault - 0.001) if first else None, "fault_s": t_done - t_fault,
-            "first_reply_after_s": (first - t_done) if first else None, "mesh_heal_s": heal,
-            "waited_s": wait_s, "pair": f"{src} -> {dst}", **info}
+    gap = loop.gap(after=t_fault - 0.001) if first is not None else None
+    return {"pair": f"{src} -> {dst}", "fault": what, "fault_s": t_done - t_fault, "waited_s": wait_s,
+            "gap": gap if gap is not None and math.isfinite(gap) else None,
+            "first_reply_after_s": (first - t_done) if first is not None else None,
+            "mesh_heal_s": heal, "heal_timeout_s": HEAL_TIMEOUT_S, "still_down": down}
 
 
-def _judge_recovery(obs: Observation, bound: float, what: str) -> Verdict:
+def _not_healed(obs: RecoveryObs, what: str) -> Verdict | None:
+    if obs["mesh_heal_s"] is not None:
+        return None
+    return Verdict.failed(f"traffic {obs['pair']} came back after {what}, but the mesh was not whole within "
+                          f"{obs['heal_timeout_s']:.0f} s: {', '.join(obs['still_down'][:4])} still down",
+                          Measurement("gap_s", round(obs["gap"] or 0.0, 3), "s"))
+
+
+def _judge_recovery(obs: RecoveryObs, bound: float) -> Verdict:
+    what = obs["fault"]
     if obs["gap"] is None:
         return Verdict.failed(f"traffic {obs['pair']} did not come back within {obs['waited_s']:.0f} s after {what}")
-    # No mesh_heal_s means strongSwan had not shown the mesh whole when the wait ended: not 0 s.
     ms = (Measurement("gap_s", round(obs["gap"], 3), "s"),
           *([Measurement("mesh_heal_s", round(obs["mesh_heal_s"], 3), "s")] if obs["mesh_heal_s"] is not None else []))
     if obs["gap"] > bound:
         return Verdict.failed(f"traffic {obs['pair']} stopped {obs['gap']:.2f} s after {what} (bound {bound} s)", *ms)
+    not_healed = _not_healed(obs, what)
+    if not_healed:
+        return not_healed
     return Verdict.passed(f"{what}: traffic {obs['pair']} stopped {obs['gap']:.3f} s (bound {bound} s), recovered on its own", *ms)
 
 
-def collect_recover_tunnel_down(ctx: CheckContext) -> Observation:
+def judge_recover_tunnel_down(obs: RecoveryObs) -> Verdict:
+    return _judge_recovery(obs, BOUND_TUNNEL_DOWN_S)
+
+
+def judge_recover_ipsec_restart(obs: RecoveryObs) -> Verdict:
+    return _judge_recovery(obs, BOUND_IPSEC_RESTART_S)
+
+
+def judge_recover_node_reboot(obs: RecoveryObs) -> Verdict:
+    return _judge_recovery(obs, BOUND_NODE_REBOOT_S)
+
+
+def collect_recover_tunnel_down(ctx: CheckContext) -> RecoveryObs:
     a, b = ctx.spec.node_list()[0].name, ctx.spec.node_list()[1].name
     conn = _peer_conn(ctx, a, b)
-    obs = _recovery(ctx, a, b, lambda: {"command": ctx.backend.tunnel_down(a, conn)}, wait_s=BOUND_TUNNEL_DOWN_S + 1)
-    obs["fault"] = f"{a}: swanctl --terminate --ike {conn} (ipsec down {conn})"
-    return obs
+    return _recovery(ctx, a, b, lambda: ctx.backend.tunnel_down(a, conn),
+                     f"{a}: swanctl --terminate --ike {conn} (ipsec down {conn})", wait_s=BOUND_TUNNEL_DOWN_S + 1)
 
 
-def collect_recover_ipsec_restart(ctx: CheckContext) -> Observation:
+def collect_recover_ipsec_restart(ctx: CheckContext) -> RecoveryObs:
     nodes = ctx.spec.node_list()
     a, b = nodes[0].name, nodes[-1].name
-    obs = _recovery(ctx, a, b, lambda: ctx.backend.restart_ipsec(b), wait_s=BOUND_IPSEC_RESTART_S + 1)
-    obs["fault"] = f"restart the IPsec daemon on {b}"
-    return obs
+    return _recovery(ctx, a, b, lambda: ctx.backend.restart_ipsec(b), f"restart the IPsec daemon on {b}",
+                     wait_s=BOUND_IPSEC_RESTART_S + 1)
 
 
-def collect_recover_node_reboot(ctx: CheckContext) -> Observation:
+def collect_recover_node_reboot(ctx: CheckContext) -> RecoveryObs:
     a, b = ctx.spec.node_list()[0].name, ctx.spec.node_list()[1].name
-    obs = _recovery(ctx, a, b, lambda: ctx.backend.reboot(b), wait_s=BOUND_NODE_REBOOT_S + 1)
-    obs["fault"] = f"reboot {b}"
-    return obs
+    return _recovery(ctx, a, b, lambda: ctx.backend.reboot(b), f"reboot {b}", wait_s=BOUND_NODE_REBOOT_S + 1)
 
 
-def collect_recover_underlay_outage(ctx: CheckContext) -> Observation:
+def collect_recover_underlay_outage(ctx: CheckContext) -> OutageObs:
     a, b = ctx.spec.node_list()[0].name, ctx.spec.node_list()[1].name
+    outage_s = OUTAGE_S
 
-    def outage() -> dict:
+    def outage() -> None:
         ctx.backend.set_underlay_link(b, False)
         try:
-            time.sleep(OUTAGE_S)
+            time.sleep(outage_s)
         finally:
             ctx.backend.set_underlay_link(b, True)
-        return {"outage_s": OUTAGE_S}
 
-    obs = _recovery(ctx, a, b, outage, wait_s=BOUND_OUTAGE_RECOVERY_S + 1, fault_s=OUTAGE_S)
-    if obs["gap"] is not None:
-        obs["recovery_after_restore_s"] = max(0.0, obs["gap"] - obs["fault_s"])
-    return obs
+    obs = _recovery(ctx, a, b, outage, f"a {outage_s:.0f} s underlay outage of {b}",
+                    wait_s=BOUND_OUTAGE_RECOVERY_S + 1, fault_s=outage_s)
+    rec = max(0.0, obs["gap"] - obs["fault_s"]) if obs["gap"] is not None else None
+    return {**obs, "outage_s": outage_s, "recovery_after_restore_s": rec}
 
 
-def judge_recover_underlay_outage(obs: Observation) -> Verdict:
-    if obs["gap"] is None:
+def judge_recover_underlay_outage(obs: OutageObs) -> Verdict:
+    rec = obs["recovery_after_restore_s"]
+    if rec is None:
         return Verdict.failed(f"after a {obs['outage_s']:.0f} s underlay outage, traffic {obs['pair']} did not come back "
                               f"within {obs['waited_s']:.0f} s (keyingtries exhausted? the tunnel ended for good)")
-    rec = obs["recovery_after_restore_s"]
     ms = (Measurement("recovery_after_restore_s", round(rec, 3), "s"), Measurement("outage_s", obs["outage_s"], "s"))
     if rec > BOUND_OUTAGE_RECOVERY_S:
         return Verdict.failed(f"traffic {obs['pair']} came back {rec:.2f} s after the link returned (bound {BOUND_OUTAGE_RECOVERY_S} s)", *ms)
+    not_healed = _not_healed(obs, obs["fault"])
+    if not_healed:
+        return not_healed
     return Verdict.passed(f"underlay of {obs['pair'].split(' -> ')[1]} cut for {obs['outage_s']:.0f} s: traffic back "
                           f"{rec:.2f} s after the link returned (bound {BOUND_OUTAGE_RECOVERY_S} s)", *ms)
 
 
 # -- no-leak-during-faults ----------------------------------------------------------------------
-FAULT_CAPTURE = "fault_capture"
-
-
 def start_fault_capture(ctx: CheckContext) -> None:
-    """Started by the runner before the first disruptive check, when no-leak-during-faults runs."""
-    if FAULT_CAPTURE not in ctx.shared:
-        ctx.shared[FAULT_CAPTURE] = ctx.backend.start_capture(f"faults-{secrets.token_hex(3)}")
-        ctx.shared["fault_log"] = []
+    """The runner calls this before the first fault when no-leak-during-faults is in the run."""
+    if ctx.fault_capture is None:
+        ctx.fault_capture = ctx.backend.start_capture(f"faults-{secrets.token_hex(3)}")
+        ctx.faults.clear()
 
 
-def collect_no_leak(ctx: CheckContext) -> Observation:
+def stop_fault_capture(ctx: CheckContext) -> str | None:
+    """Stops the capture (idempotent); the path of what it wrote, or None if none ran."""
+    handle, ctx.fault_capture = ctx.fault_capture, None
+    return ctx.backend.stop_capture(handle) if handle is not None else None
+
+
+def _end_fault_capture(ctx: CheckContext) -> None:
+    path = stop_fault_capture(ctx)
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class NoLeakObs(TypedDict):
+    summary: Wire
+    faults: list[str]
+    problems: list[str]
+
+
+def collect_no_leak(ctx: CheckContext) -> NoLeakObs:
     problems = []
-    if FAULT_CAPTURE not in ctx.shared:
+    if ctx.fault_capture is None:
         # Run on its own: inject the quick faults here, under capture. A fault that does not heal
         # is noted and the next one still runs: what leaked meanwhile is what this check judges.
         start_fault_capture(ctx)
         for collect in (collect_recover_tunnel_down, collect_recover_ipsec_restart, collect_recover_node_reboot):
             try:
                 obs = collect(ctx)
-                ctx.shared["fault_log"].append(obs.get("fault", collect.__name__))
-                if obs.get("gap") is None:
-                    problems.append(f"{obs.get('fault')}: traffic did not come back")
+                ctx.faults.append(obs["fault"])
+                if obs["gap"] is None:
+                    problems.append(f"{obs['fault']}: traffic did not come back")
             except LabError as exc:
                 problems.append(str(exc))
-    path = ctx.backend.stop_capture(ctx.shared.pop(FAULT_CAPTURE))
+    path = stop_fault_capture(ctx)
+    assert path is not None
     s = pcap.summarize(path, ctx.spec.pod_supernet)
     with contextlib.suppress(OSError):
         os.unlink(path)
-    return {"summary": s.__dict__, "faults": ctx.shared.pop("fault_log", []), "problems": problems}
+    return {"summary": _wire(s), "faults": list(ctx.faults), "problems": problems}
 
 
-def judge_no_leak(obs: Observation) -> Verdict:
+def judge_no_leak(obs: NoLeakObs) -> Verdict:
     s = obs["summary"]
     ms = (Measurement("cleartext_pod_packets", s["cleartext_pod"], "packets"), Measurement("esp_packets", s["esp"], "packets"))
     faults = ", ".join(obs["faults"]) or "the faults"
@@ -553,12 +773,12 @@ def judge_no_leak(obs: Observation) -> Verdict:
                               f"(e.g. {', '.join(s['examples'])}): is the unreachable guard route missing?", *ms)
     if s["esp"] == 0:
         return Verdict.failed("the fault capture saw no ESP at all: it was not watching the traffic", *ms)
-    if obs.get("problems"):
+    if obs["problems"]:
         return Verdict.failed("no cleartext, but the faults did not all heal: " + "; ".join(obs["problems"][:3]), *ms)
     return Verdict.passed(f"0 cleartext pod packets among {s['packets']} captured during {faults}", *ms)
 
 
-CATALOG: list[Check] = [
+CATALOG: list[Check[Any]] = [
     Check("nodes-ready", "every node is up with its IPsec daemon running", "status of every node",
           collect_nodes, judge_nodes),
     Check("tunnels-established", "every node pair has an IKE SA ESTABLISHED and a CHILD SA INSTALLED on both ends",
@@ -585,18 +805,19 @@ CATALOG: list[Check] = [
           disruptive=True),
     Check("recover-tunnel-down", "a tunnel taken down (`ipsec down mesh-left`) comes back by itself",
           "swanctl --terminate --ike on kube-node1 under a 10 ms ping loop", collect_recover_tunnel_down,
-          lambda o: _judge_recovery(o, BOUND_TUNNEL_DOWN_S, o["fault"]), disruptive=True),
+          judge_recover_tunnel_down, disruptive=True),
     Check("recover-ipsec-restart", "a restarted IPsec daemon re-establishes its tunnels",
           "restart charon on the last node under a 10 ms ping loop", collect_recover_ipsec_restart,
-          lambda o: _judge_recovery(o, BOUND_IPSEC_RESTART_S, o["fault"]), disruptive=True),
+          judge_recover_ipsec_restart, disruptive=True),
     Check("recover-node-reboot", "a rebooted node rejoins the mesh with its pods",
           "reboot kube-node2 under a 10 ms ping loop", collect_recover_node_reboot,
-          lambda o: _judge_recovery(o, BOUND_NODE_REBOOT_S, o["fault"]), disruptive=True),
+          judge_recover_node_reboot, disruptive=True),
     Check("recover-underlay-outage", "the mesh survives a long underlay outage",
           f"cut kube-node2's underlay link for {OUTAGE_S:.0f} s, restore it, under a 10 ms ping loop",
           collect_recover_underlay_outage, judge_recover_underlay_outage, disruptive=True),
     Check("no-leak-during-faults", "no pod traffic leaves in clear while the faults above run",
-          "tcpdump on the underlay during every fault", collect_no_leak, judge_no_leak, disruptive=True),
+          "tcpdump on the underlay during every fault", collect_no_leak, judge_no_leak, disruptive=True,
+          watches_faults=FaultWatch(start=start_fault_capture, stop=_end_fault_capture)),
 ]
 
 BY_NAME = {c.name: c for c in CATALOG}
@@ -606,5 +827,5 @@ def catalog_names() -> list[str]:
     return [c.name for c in CATALOG]
 
 
-def describe(check: Check) -> dict[str, Any]:
+def describe(check: Check[Any]) -> dict[str, Any]:
     return {"name": check.name, "purpose": check.purpose, "runs": check.runs, "disruptive": check.disruptive}

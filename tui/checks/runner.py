@@ -6,17 +6,18 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..backends.base import Backend
+from ..exitcodes import ExitCode, run_exit_code
 from ..lab.errors import LabError, UsageError
 from ..lab.events import Reporter
 from ..lab.model import LabSpec, node_count
 from .base import Check, CheckContext, CheckResult, Outcome, Verdict
-from .catalog import BY_NAME, CATALOG, FAULT_CAPTURE, describe, start_fault_capture
+from .catalog import BY_NAME, CATALOG, describe
 
 
-def select(names: Sequence[str] | None) -> list[Check]:
+def select(names: Sequence[str] | None) -> list[Check[Any]]:
     if not names:
         return list(CATALOG)
     unknown = [n for n in names if n not in BY_NAME]
@@ -36,16 +37,24 @@ def prepare(backend: Backend, reporter: Reporter) -> None:
         backend.expose()
 
 
-def run_one(check: Check, ctx: CheckContext) -> CheckResult:
+def run_one(check: Check[Any], ctx: CheckContext) -> CheckResult:
+    """Collect, then judge. A judge's verdict is PASSED or FAILED; when collect cannot observe
+    (a LabError, a timeout, a missing tool, a check's own bug) the result is ERROR, never FAILED."""
     t0 = time.monotonic()
+    observation = None
     try:
-        verdict = check.judge(check.collect(ctx))
+        observation = check.collect(ctx)
     except LabError as exc:
-        verdict = Verdict.failed(str(exc))
+        verdict = Verdict.error(str(exc))
     except Exception as exc:  # a check's own bug must not stop the suite; say what broke
-        verdict = Verdict.failed(f"{type(exc).__name__}: {exc}")
+        verdict = Verdict.error(f"{type(exc).__name__}: {exc}")
+    else:
+        try:
+            verdict = check.judge(observation)
+        except Exception as exc:  # a judge that cannot read its observation is a bug, not a verdict
+            verdict = Verdict.error(f"the judge crashed: {type(exc).__name__}: {exc}")
     return CheckResult(check.name, check.purpose, verdict.outcome, verdict.detail, time.monotonic() - t0,
-                       verdict.measurements)
+                       verdict.measurements, observation)
 
 
 def run_checks(
@@ -59,7 +68,9 @@ def run_checks(
     """Run the selected checks in catalog order; blocking (the TUI calls it from a worker).
 
     With `prepare_workload`, the seed's workload (3 pods per node, a NodePort) is made first if
-    missing; the tutorial turns it off, since deploying is one of its steps.
+    missing; the tutorial turns it off, since deploying is one of its steps. A check that watches
+    the faults (Check.watches_faults) has its watch started before the first other disruptive
+    check, and stopped when the run ends, whatever happened.
     """
     checks = select(names)
     reporter = reporter or Reporter(source="checks")
@@ -68,36 +79,51 @@ def run_checks(
         with reporter.step("prepare the workload (deploy, expose)"):
             prepare(backend, reporter)
     results = []
-    watch_faults = any(c.name == "no-leak-during-faults" for c in checks)
+    watches = [c.watches_faults for c in checks if c.watches_faults is not None]
+    watching = False
     try:
         for check in checks:
-            if check.disruptive and watch_faults and check.name != "no-leak-during-faults":
-                start_fault_capture(ctx)
+            is_fault = check.disruptive and check.watches_faults is None
+            if is_fault and not watching:
+                for watch in watches:
+                    watch.start(ctx)
+                watching = True
             with reporter.step(f"check {check.name}") as step:
                 result = run_one(check, ctx)
                 step.detail = f"{result.outcome.value}: {result.detail}"
-            if check.disruptive and "fault_log" in ctx.shared and check.name != "no-leak-during-faults":
-                ctx.shared["fault_log"].append(check.name)
+            if is_fault:
+                ctx.faults.append(check.name)
             reporter.line(f"{result.outcome.value.upper():7} {check.name}: {result.detail}", source="checks")
             results.append(result)
             if on_result:
                 on_result(result)
     finally:
-        if FAULT_CAPTURE in ctx.shared:  # a check failed before no-leak could stop it
+        for watch in watches:  # a check failed before the watcher could end its watch
             try:
-                backend.stop_capture(ctx.shared.pop(FAULT_CAPTURE))
-            except Exception:
-                pass
+                watch.stop(ctx)
+            except Exception as exc:
+                reporter.line(f"could not stop a fault watch: {exc}", stream="stderr", source="checks")
     return results
 
 
 # -- reports ----------------------------------------------------------------------------------
+def counts(results: Sequence[CheckResult]) -> dict[str, int]:
+    """How many checks ended each way, every outcome named (0 included), in Outcome's order."""
+    return {o.value: sum(r.outcome is o for r in results) for o in Outcome}
+
+
+def summary_line(results: Sequence[CheckResult]) -> str:
+    c = counts(results)
+    return f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped"
+
+
 def junit_xml(results: list[CheckResult], lab: str, seconds: float) -> str:
     suite = ET.Element("testsuite", {
         "name": "ipsec-lab", "tests": str(len(results)),
         "failures": str(sum(r.outcome is Outcome.FAILED for r in results)),
+        "errors": str(sum(r.outcome is Outcome.ERROR for r in results)),
         "skipped": str(sum(r.outcome is Outcome.SKIPPED for r in results)),
-        "errors": "0", "time": f"{seconds:.3f}", "hostname": lab,
+        "time": f"{seconds:.3f}", "hostname": lab,
     })
     for r in results:
         case = ET.SubElement(suite, "testcase", {"classname": "ipsec-lab.checks", "name": r.name, "time": f"{r.seconds:.3f}"})
@@ -107,6 +133,8 @@ def junit_xml(results: list[CheckResult], lab: str, seconds: float) -> str:
             ET.SubElement(props, "property", {"name": f"{m.name} ({m.unit})", "value": str(m.value)})
         if r.outcome is Outcome.FAILED:
             ET.SubElement(case, "failure", {"message": r.detail, "type": "CheckFailed"}).text = r.detail
+        elif r.outcome is Outcome.ERROR:  # the check could not observe: not a verdict on the lab
+            ET.SubElement(case, "error", {"message": r.detail, "type": "CheckError"}).text = r.detail
         elif r.outcome is Outcome.SKIPPED:
             ET.SubElement(case, "skipped", {"message": r.detail})
         ET.SubElement(case, "system-out").text = r.detail
@@ -119,19 +147,20 @@ def junit_xml(results: list[CheckResult], lab: str, seconds: float) -> str:
 def json_report(results: list[CheckResult], lab: str, backend: str, datapath: str, seconds: float) -> str:
     return json.dumps({
         "lab": lab, "backend": backend, "datapath": datapath, "seconds": round(seconds, 3),
-        "passed": all(r.outcome is not Outcome.FAILED for r in results),
+        "passed": all(r.outcome in (Outcome.PASSED, Outcome.SKIPPED) for r in results),
+        "counts": counts(results),
+        "exit_code": int(run_exit_code(r.outcome.value for r in results)),
         "checks": [r.to_json() for r in results],
     }, indent=2)
 
 
 # -- the headless face --------------------------------------------------------------------------
-def main_checks(args) -> int:
+def main_checks(args: Any) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from ..backends.registry import get_backend
     from ..cli import ConsoleSink, lab_backend_name
-    from ..exitcodes import ExitCode
 
     out = Console(highlight=False, soft_wrap=True)
     if args.list_checks:
@@ -173,7 +202,7 @@ def main_checks(args) -> int:
         table.add_column("CHECK", no_wrap=True)
         for col in ("RESULT", "TIME", "DETAIL"):
             table.add_column(col)
-        colour = {Outcome.PASSED: "green", Outcome.FAILED: "red", Outcome.SKIPPED: "yellow"}
+        colour = {Outcome.PASSED: "green", Outcome.FAILED: "red", Outcome.ERROR: "magenta", Outcome.SKIPPED: "yellow"}
         for r in results:
             table.add_row(r.name, f"[{colour[r.outcome]}]{r.outcome.value}[/]", f"{r.seconds:.2f}s", r.detail)
         out.print(table)
@@ -181,9 +210,11 @@ def main_checks(args) -> int:
             Path(args.junit).write_text(junit_xml(results, args.lab, seconds))
         if args.json_path:
             Path(args.json_path).write_text(json_report(results, args.lab, status.backend, status.datapath, seconds))
-        failed = [r for r in results if r.outcome is Outcome.FAILED]
-        out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-        return ExitCode.CHECK_FAILED if failed else ExitCode.OK
+        out.print(summary_line(results))
+        code = run_exit_code(r.outcome.value for r in results)
+        if code is ExitCode.CHECK_ERROR:
+            out.print("[magenta]no check failed, but some could not observe the lab (ERROR): fix what their detail names and run them again[/]")
+        return code
     finally:
         if brought_up and not args.keep:
             backend.down()

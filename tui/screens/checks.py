@@ -73,7 +73,7 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
                 res = Text("running…" if running else "—", style="yellow" if running else "dim")
                 rows[c.name] = (c.name, kind, res, "", Text(c.purpose, style="dim"))
             else:
-                style = {"passed": "bold green", "failed": "bold red"}.get(r.outcome.value, "yellow")
+                style = {"passed": "bold green", "failed": "bold red", "error": "bold magenta"}.get(r.outcome.value, "yellow")
                 rows[c.name] = (c.name, kind, Text(r.outcome.value.upper(), style=style), f"{r.seconds:.2f} s",
                                 r.detail.splitlines()[0] if r.detail else "")
         sync_rows(self.query_one(DataTable), rows, len(COLUMNS))
@@ -83,8 +83,11 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
         failed = counts.pop("failed", 0)
         s.append(" · ")
         s.append(f"{failed} failed", style="red" if failed else "")
+        errors = counts.pop("error", 0)  # could not observe: not a verdict
+        s.append(" · ")
+        s.append(f"{errors} errors", style="magenta" if errors else "")
         skipped = counts.pop("skipped", 0)
-        for outcome, n in sorted(counts.items()):  # any other outcome (error, ...) by its own name
+        for outcome, n in sorted(counts.items()):  # any other outcome by its own name
             s.append(f" · {n} {outcome}", style="bold yellow")
         s.append(f" · {skipped} skipped")
         if app.checks_running:
@@ -120,7 +123,7 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
             if r is not None:
                 t.append("result   ", style="dim")
                 t.append(f"{r.outcome.value} in {r.seconds:.2f} s\n",
-                         style="green" if r.outcome.value == "passed" else "red" if r.outcome.value == "failed" else "yellow")
+                         style={"passed": "green", "failed": "red", "error": "magenta"}.get(r.outcome.value, "yellow"))
                 t.append(r.detail + "\n")
                 for m in r.measurements:
                     t.append(f"  {m.name}: {m.value:g} {m.unit}\n", style="cyan")
