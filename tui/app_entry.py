@@ -9,8 +9,7 @@ import argparse
 
 from rich.console import Console
 
-from .backends.registry import get_backend
-from .cli import lab_backend_name
+from .backends.registry import get_backend, lab_backend_name
 from .exitcodes import ExitCode
 from .lab import preflight
 from .lab.events import Reporter

@@ -17,13 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .backends.base import Backend
-from .backends.registry import BACKENDS, get_backend
+from .backends.registry import BACKENDS, get_backend, lab_backend_name
 from .exitcodes import ExitCode
 from .lab.errors import LabError, UsageError
 from .lab import preflight
-from .lab.events import Event, OutputLine, Reporter, StepFinished, StepStarted
+from .lab.events import Reporter
 from .lab.model import LabSpec, node_count
 from .lab.state import list_labs
+from .live.console import ConsoleSink
 from .live.fault import FaultPlan, run_fault
 from .live.text import seed_command
 
@@ -95,39 +96,6 @@ def build_parser() -> ArgumentParser:
     rb = sub.add_parser("reboot", help="reboot a node (processes, namespace and /run wiped, booted again)")
     rb.add_argument("node")
     return p
-
-
-class ConsoleSink:
-    """Prints the event stream: steps always, output lines unless quiet."""
-
-    def __init__(self, console: Console, quiet: bool = False) -> None:
-        self.console, self.quiet = console, quiet
-
-    def __call__(self, event: Event) -> None:
-        c = self.console
-        if isinstance(event, StepStarted):
-            if not self.quiet:
-                c.print(f"[bold cyan]▶[/] {event.step}")
-        elif isinstance(event, StepFinished):
-            mark = "[green]✓[/]" if event.ok else "[red]✗[/]"
-            detail = f" — {event.detail}" if event.detail else ""
-            c.print(f"{mark} {event.step} [dim]({event.seconds:.2f} s){detail}[/]", markup=True)
-        elif isinstance(event, OutputLine) and not self.quiet:
-            prefix = f"[{event.node}] " if event.node else ""
-            style = "red" if event.stream == "stderr" else "dim"
-            c.print(f"  {prefix}{event.text}", style=style, markup=False)
-
-
-def lab_backend_name(lab: str, requested: str | None) -> str:
-    """The backend a running lab was made with wins over the default."""
-    if requested:
-        return requested
-    from .lab.state import LabPaths, load_state
-
-    try:
-        return load_state(LabPaths.of(lab)).get("backend", "netns")
-    except LabError:
-        return "netns"
 
 
 def print_status(status, console: Console) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..lab.errors import UsageError
+from ..lab.errors import LabError, UsageError
 from ..lab.events import Reporter
+from ..lab.state import LabPaths, load_state
 from .base import Backend
 
 BACKENDS = ("netns", "vagrant")
@@ -19,3 +20,13 @@ def get_backend(name: str, lab: str, reporter: Reporter | None = None) -> Backen
 
         return VagrantBackend(lab, reporter)
     raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def lab_backend_name(lab: str, requested: str | None) -> str:
+    """The backend a running lab was made with wins over the default."""
+    if requested:
+        return requested
+    try:
+        return str(load_state(LabPaths.of(lab)).get("backend", "netns"))
+    except LabError:
+        return "netns"

@@ -21,7 +21,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypedDict
 
-from ..lab import pcap, probes
+from ..lab import commands, pcap, probes
 from ..lab.errors import LabError
 from ..lab.model import Pod
 from ..lab.proc import Result
@@ -454,7 +454,7 @@ class ForwardObs(TypedDict):
 
 
 def collect_forward(ctx: CheckContext) -> ForwardObs:
-    return {"rules": {n.name: _ran(ctx.backend.exec(n.name, ["iptables", "-w", "-S", "FORWARD"]), f"iptables on {n.name}")
+    return {"rules": {n.name: _ran(ctx.backend.exec(n.name, commands.iptables_list("FORWARD")), f"iptables on {n.name}")
                       for n in ctx.spec.node_list()}}
 
 
@@ -473,13 +473,7 @@ def judge_forward(obs: ForwardObs) -> Verdict:
 
 
 # -- boot-order ---------------------------------------------------------------------------------
-BOOT_ORDER_SCRIPT = (
-    "hz=$(getconf CLK_TCK); "
-    "echo cni0 $(ip -o -4 addr show dev cni0 2>/dev/null | awk '{print $4}') $(cat /sys/class/net/cni0/operstate 2>/dev/null); "
-    "echo boot $(cat /run/ipsec-lab-boot.done 2>/dev/null || echo none); "
-    "pid=$(cat /run/charon.pid 2>/dev/null); "
-    "echo charon $(awk -v hz=$hz '{s=$0; sub(/.*\\) /, \"\", s); split(s, f, \" \"); printf \"%.2f\", f[20]/hz}' /proc/$pid/stat 2>/dev/null || echo none)"
-)
+
 
 
 class BootSeen(TypedDict):
@@ -496,7 +490,7 @@ class BootOrderObs(TypedDict):
 def collect_boot_order(ctx: CheckContext) -> BootOrderObs:
     out: dict[str, BootSeen] = {}
     for n in ctx.spec.node_list():
-        stdout = _ran(ctx.backend.exec(n.name, ["sh", "-c", BOOT_ORDER_SCRIPT]), f"the boot-order probe on {n.name}")
+        stdout = _ran(ctx.backend.exec(n.name, commands.boot_order_probe()), f"the boot-order probe on {n.name}")
         fields = {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if line.split()}
         out[n.name] = {"cni0": fields.get("cni0", []), "boot": fields.get("boot", ["none"])[0],
                        "charon": fields.get("charon", ["none"])[0], "expected": f"{n.cni0_ip}/{n.pod_cidr.prefixlen}"}
@@ -668,7 +662,7 @@ def collect_recover_tunnel_down(ctx: CheckContext) -> RecoveryObs:
     a, b = ctx.spec.node_list()[0].name, ctx.spec.node_list()[1].name
     conn = _peer_conn(ctx, a, b)
     return _recovery(ctx, a, b, lambda: ctx.backend.tunnel_down(a, conn),
-                     f"{a}: swanctl --terminate --ike {conn} (ipsec down {conn})", wait_s=BOUND_TUNNEL_DOWN_S + 1)
+                     f"{a}: {commands.shown(commands.swanctl_terminate_ike(conn))} ({commands.shown(commands.ipsec_down(conn))})", wait_s=BOUND_TUNNEL_DOWN_S + 1)
 
 
 def collect_recover_ipsec_restart(ctx: CheckContext) -> RecoveryObs:

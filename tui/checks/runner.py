@@ -160,7 +160,8 @@ def main_checks(args: Any) -> int:
     from rich.table import Table
 
     from ..backends.registry import get_backend
-    from ..cli import ConsoleSink, lab_backend_name
+    from ..backends.registry import lab_backend_name
+    from ..live.console import ConsoleSink
 
     out = Console(highlight=False, soft_wrap=True)
     if args.list_checks:

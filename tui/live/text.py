@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..lab import commands
+
 
 def fmt_gap(seconds: float | None) -> str:
     if seconds is None:
@@ -25,16 +27,16 @@ def age(seconds: float | None) -> str:
     return f"{s // 86400}d"
 
 
-# The commands the faces show for a tunnel (the backend runs its own; tui/lab/commands.py, being
-# written on another branch, is to be their one home, and these then come from there).
+# The commands the faces show for a tunnel, as a person would type them (tui/lab/commands.py
+# builds what the backends run).
 def take_down_command(conn: str) -> str:
-    return f"swanctl --terminate --ike {conn}"
+    return commands.shown(commands.swanctl_terminate_ike(conn))
 
 
 def bring_up_command(conn: str) -> str:
-    return f"swanctl --initiate --child {conn}"
+    return commands.shown(commands.swanctl_initiate_child(conn))
 
 
 def seed_command(conn: str) -> str:
     """What the seed ran for the same thing (strongSwan's stroke tool)."""
-    return f"ipsec down {conn}"
+    return commands.shown(commands.ipsec_down(conn))

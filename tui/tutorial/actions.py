@@ -12,8 +12,7 @@ import time
 from typing import Callable
 
 from ..backends.base import Backend
-from ..checks.catalog import BOOT_ORDER_SCRIPT
-from ..lab import pcap, probes
+from ..lab import commands, pcap, probes
 from ..lab.errors import LabError
 from ..lab.events import Reporter
 from ..lab.model import LabSpec
@@ -105,7 +104,7 @@ def show_mesh(backend: Backend, reporter: Reporter) -> list[str]:
     st = backend.status()
     n = len(st.nodes)
     t.say(f"{n} nodes -> {n * (n - 1) // 2} tunnels (n(n-1)/2), {len(st.tunnels)} tunnel ends")
-    t.run("kube-node1", ["swanctl", "--list-sas"], max_lines=24)
+    t.run("kube-node1", commands.swanctl_list_sas(), max_lines=24)
     return t.lines
 
 
@@ -209,7 +208,7 @@ def restart_ipsec(backend: Backend, reporter: Reporter) -> list[str]:
     while not backend.status().all_tunnels_up and time.monotonic() - t0 < 15:
         time.sleep(0.02)
     t.say(f"every tunnel ESTABLISHED again {time.monotonic() - t0:.2f} s after the restart began")
-    t.run(node, ["swanctl", "--list-sas"], max_lines=8)
+    t.run(node, commands.swanctl_list_sas(), max_lines=8)
     return t.lines
 
 
@@ -251,7 +250,7 @@ def ipam(backend: Backend, reporter: Reporter) -> list[str]:
 def start_order(backend: Backend, reporter: Reporter) -> list[str]:
     t = Transcript(backend, reporter)
     for n in backend.spec().node_list():
-        res = backend.exec(n.name, ["sh", "-c", BOOT_ORDER_SCRIPT])
+        res = backend.exec(n.name, commands.boot_order_probe())
         fields = {line.split()[0]: line.split()[1:] for line in res.stdout.splitlines() if line.split()}
         cni0 = " ".join(fields.get("cni0", [])) or "missing"
         t.say(f"{n.name}: cni0 {cni0}; boot script done at {fields.get('boot', ['?'])[0]} s, "
@@ -265,7 +264,7 @@ def forward_drop(backend: Backend, reporter: Reporter) -> list[str]:
     nodes = backend.spec().node_list()
     node = nodes[-1].name
     src, dst = _first_pod(backend, node), _first_pod(backend, nodes[0].name)
-    t.run(node, ["iptables", "-w", "-S", "FORWARD"])
+    t.run(node, commands.iptables_list("FORWARD"))
     t.say("1. remove the accept rule for pod traffic leaving cni0:")
     t.run(node, ["iptables", "-w", "-D", *FORWARD_RULE])
     try:
