@@ -28,7 +28,7 @@ from .lab import resources
 from .lab.events import Reporter
 from .lab.model import LabSpec
 from .lab.status import LabStatus
-from .live.fault import cni0_of, probe_pairs
+from .live.fault import probe_pairs
 from .live.logs import CharonTails, EventSink, LogStore, Progress, ProgressCounter, bringup_steps
 from .live.palette import palette_entries
 from .live.reach import Reachability
@@ -254,7 +254,7 @@ class IpsecLabApp(LabActions, App[str]):
             t0 = time.monotonic()
             st = self.status
             if st is not None and 2 <= len(st.nodes) <= MAX_PING_NODES:
-                nodes = [(n.name, cni0_of(n.pod_cidr)) for n in st.nodes if n.state == "ready"]
+                nodes = [(n.name, n.cni0_ip) for n in st.nodes if n.state == "ready"]
                 for pair, up in probe_pairs(self.backend, nodes).items():
                     self.reach.observe(pair, up, source="ping", why="no ping reply between the cni0 addresses")
             self._stop.wait(max(0.2, 1.0 - (time.monotonic() - t0)))

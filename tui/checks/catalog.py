@@ -361,11 +361,11 @@ def collect_underlay_encrypted(ctx: CheckContext) -> EncryptedObs:
     try:
         # The negative control: the same kind of marker sent in clear between the nodes' own
         # underlay addresses must show up in the capture, or the capture proves nothing.
-        ctx.backend.exec(n1.name, ["ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-p", control.encode().hex(), str(n2.underlay_ip)])
+        ctx.backend.exec(n1.name, commands.ping(str(n2.underlay_ip), count=3, interval=0.05, pattern=control.encode()))
         # Pod traffic across the tunnel, carrying the marker: HTTP from a pod, ping from the node.
         for _ in range(3):
             ctx.backend.pod_exec(src.name, ["curl", "-s", "-m", "2", f"http://{dst.ip}:8080/{marker}"])
-        ctx.backend.exec(n1.name, ["ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-p", marker.encode().hex(), str(dst.ip)])
+        ctx.backend.exec(n1.name, commands.ping(str(dst.ip), count=3, interval=0.05, pattern=marker.encode()))
         time.sleep(0.1)
     finally:
         path = ctx.backend.stop_capture(cap)
@@ -419,8 +419,8 @@ def collect_pmtu(ctx: CheckContext) -> PmtuObs:
                 if a.name == b.name or not by.get(a.name) or not by.get(b.name):
                     continue
                 src, dst = by[a.name][0], by[b.name][0]
-                res = ctx.backend.pod_exec(src.name, ["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2",
-                                                      "-M", "do", "-s", str(payload), str(dst.ip)])
+                res = ctx.backend.pod_exec(src.name, commands.ping(str(dst.ip), count=2, interval=0.05, wait=2, size=payload,
+                                                                    dont_fragment=True))
                 if res.returncode not in (0, 1):  # 1: no reply; 2 and up: ping itself failed
                     raise LabError(f"ping could not run in pod {src.name} (exit {res.returncode}): {res.stderr.strip()[-200:]}")
                 results.append({"src": src.node, "dst": dst.node, "ok": res.ok})

@@ -118,8 +118,10 @@ def underlay_link_set(address: str, up: bool) -> Argv:
 
 # -- probes -------------------------------------------------------------------------------------
 def ping(ip: str, *, count: int = 1, wait: float = 1.0, interval: float | None = None, size: int | None = None,
-         dont_fragment: bool = False, timestamps: bool = False, deadline: int | None = None, quiet: bool = True) -> Argv:
-    """ping from a node. `timestamps` (-D) prefixes each reply with its time (tui.lab.probes.ping_gap)."""
+         dont_fragment: bool = False, timestamps: bool = False, deadline: int | None = None, quiet: bool = True,
+         pattern: bytes | None = None) -> Argv:
+    """ping from a node. `timestamps` (-D) prefixes each reply with its time (tui.lab.probes.ping_gap);
+    `pattern` fills the payload (-p), a marker a capture can look for."""
     argv = ["ping", "-n"]
     if quiet:
         argv.append("-q")
@@ -136,6 +138,8 @@ def ping(ip: str, *, count: int = 1, wait: float = 1.0, interval: float | None =
         argv += ["-s", str(size)]
     if dont_fragment:
         argv += ["-M", "do"]
+    if pattern is not None:
+        argv += ["-p", pattern.hex()]
     return [*argv, ip]
 
 

@@ -8,13 +8,13 @@ watch, so both report the same measured gap.
 
 from __future__ import annotations
 
-import ipaddress
-import re
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from ..lab import probes
 from .reach import Reachability, pair_of
 from .text import fmt_gap
 
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
 
 WATCH_SECONDS = 90  # a fault watch gives up after this long
 PING_SECONDS = 3.0  # the fast ping across the pair runs this long, one ping every 10 ms
-
-
-def cni0_of(pod_cidr: str) -> str:
-    """A node's cni0 address: the first host of its pod range."""
-    return str(ipaddress.ip_network(pod_cidr).network_address + 1)
 
 
 @dataclass
@@ -117,39 +112,18 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
     return WatchResult(seen_down, recovered, gap, samples, states, replaced, old_spi, new_spi)
 
 
-_PING_TS = re.compile(r"^\[(\d+\.\d+)\].*bytes from")
-
-
-def ping_gap(backend: "Backend", node: str, ip: str, seconds: int = 3, interval: float = 0.01) -> tuple[float | None, int]:
-    """Ping `ip` from `node` every `interval` for `seconds`; the largest gap between replies
-    (None when no reply came at all) and the number of replies."""
-    res = backend.exec(node, ["ping", "-n", "-D", "-i", str(interval), "-W", "0.5", "-w", str(max(1, round(seconds))), ip],
-                       timeout=seconds + 10)
-    stamps = [float(m.group(1)) for line in res.stdout.splitlines() if (m := _PING_TS.match(line))]
-    if not stamps:
-        return None, 0
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return (max(gaps) if gaps else 0.0), len(stamps)
 
 
 def probe_pairs(backend: "Backend", nodes: Sequence[tuple[str, str]], timeout: float = 0.8) -> dict[tuple[str, str], bool]:
-    """From each node, ping every other node's cni0 once in parallel (one exec per node).
-
-    `nodes` is [(name, cni0 ip)]. A pair is up when both directions answered.
-    """
+    """From each node, ping every other node's cni0 once, all at once (probes.ping_many: one exec
+    per node). `nodes` is [(name, cni0 ip)]. A pair is up when both directions answered."""
     results: dict[tuple[str, str], list[bool]] = {}
     for name, _ in nodes:
         targets = [(peer, ip) for peer, ip in nodes if peer != name]
-        script = "\n".join(
-            f"(ping -n -q -c 1 -W {timeout} {ip} >/dev/null 2>&1 && echo '{peer} up' || echo '{peer} down') &"
-            for peer, ip in targets
-        ) + "\nwait"
         try:
-            res = backend.exec(name, ["sh", "-c", script], timeout=timeout + 5)
-            lines = res.stdout.split("\n")
-        except Exception:
-            lines = []
-        answered = {ln.split()[0]: ln.split()[1] == "up" for ln in lines if len(ln.split()) == 2}
+            answered = probes.ping_many(backend, name, targets, wait=timeout)
+        except Exception:  # a node mid-reboot: none of its pings count as answered
+            answered = {}
         for peer, _ in targets:
             results.setdefault(pair_of(name, peer), []).append(answered.get(peer, False))
     return {pair: all(v) for pair, v in results.items()}
@@ -172,7 +146,7 @@ class FaultPlan:
         peer_end = next(((x.node, x.name) for x in status.tunnels if x.node == peer and x.peer == node), None)
         target = next((n for n in status.nodes if n.name == node), None)
         return cls(f"{node} {conn}", ((node, conn),) + ((peer_end,) if peer_end else ()), peer,
-                   cni0_of(target.pod_cidr) if target and peer else None, pair_of(node, peer) if peer else None)
+                   target.cni0_ip if target and peer else None, pair_of(node, peer) if peer else None)
 
     @classmethod
     def node_fault(cls, status: "LabStatus", node: str, label: str) -> "FaultPlan":
@@ -182,7 +156,7 @@ class FaultPlan:
         target = next((n for n in status.nodes if n.name == node), None)
         if other is None or target is None:
             return cls(label, ends)
-        return cls(label, ends, other.name, cni0_of(target.pod_cidr), pair_of(other.name, node))
+        return cls(label, ends, other.name, target.cni0_ip, pair_of(other.name, node))
 
 
 @dataclass
@@ -262,7 +236,8 @@ def run_fault(backend: "Backend", plan: FaultPlan, inject: Callable[[], str], *,
     def pinger() -> None:
         if plan.ping_from and plan.ping_to:
             try:
-                results["ping"] = ping_gap(backend, plan.ping_from, plan.ping_to, seconds=PING_SECONDS)
+                gap, replies = probes.ping_gap(backend, plan.ping_from, plan.ping_to, seconds=PING_SECONDS)
+                results["ping"] = (gap if math.isfinite(gap) else None, replies)  # None: under two replies
             except Exception as exc:
                 results["ping_error"] = str(exc)
 
