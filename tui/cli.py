@@ -35,7 +35,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but bad usage is one line on stderr and exit code 3."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> None:  # type: ignore[override]  # argparse says NoReturn; sys.exit below
         err.print(f"ipsec-lab: {message} (see `ipsec-lab --help`)", markup=False)
         sys.exit(ExitCode.USAGE)
 

@@ -26,7 +26,7 @@ class LabScreen(Screen):
 
     @property
     def lab_app(self) -> "IpsecLabApp":
-        return self.app  # type: ignore[return-value]
+        return self.app  # type: ignore[return-value]  # Textual types self.app as App; ours is always IpsecLabApp
 
     def compose(self) -> ComposeResult:
         yield Header(icon="⛓")

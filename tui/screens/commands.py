@@ -15,7 +15,7 @@ class LabCommands(Provider):
     """Lists app.palette_commands(): (title, help, callback)."""
 
     def _commands(self):
-        app: "IpsecLabApp" = self.app  # type: ignore[assignment]
+        app: "IpsecLabApp" = self.app  # type: ignore[assignment]  # Textual types self.app as App; ours is always IpsecLabApp
         return app.palette_commands()
 
     async def discover(self) -> Hits:

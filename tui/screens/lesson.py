@@ -64,7 +64,7 @@ class LessonPanel(Vertical):
             self.app.run_action(actions[event.button.id])
 
     def show(self) -> None:
-        app: IpsecLabApp = self.app  # type: ignore[assignment]
+        app: IpsecLabApp = self.app  # type: ignore[assignment]  # Textual types self.app as App; ours is always IpsecLabApp
         session = app.tutorial
         if session is None:
             return

@@ -21,10 +21,11 @@ MAX_ALL_PAIRS = 6  # above this, the timeline shows the pairs of the selected no
 
 
 def _n(v: int) -> str:
+    x = float(v)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if v < 1024 or unit == "GiB":
-            return f"{v} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024  # type: ignore[assignment]
+        if x < 1024 or unit == "GiB":
+            return f"{v} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
     return str(v)
 
 

@@ -30,7 +30,8 @@ def in_netns(ns: str | None, fn: Callable[[], T]) -> T:
     """fn() run in network namespace `ns` (None: here), on a thread of its own that then ends."""
     if ns is None:
         return fn()
-    box: dict[str, object] = {}
+    result: list[T] = []
+    error: list[BaseException] = []
 
     def run() -> None:
         try:
@@ -39,16 +40,16 @@ def in_netns(ns: str | None, fn: Callable[[], T]) -> T:
                 _setns(fd)
             finally:
                 os.close(fd)
-            box["value"] = fn()
+            result.append(fn())
         except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
+            error.append(exc)
 
     t = threading.Thread(target=run, name=f"in-netns-{ns}", daemon=True)
     t.start()
     t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]  # a BaseException, checked above
-    return box["value"]  # type: ignore[return-value]  # what fn returned
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def connect(ns: str | None, host: str, port: int, timeout: float = 10.0) -> socket.socket:
