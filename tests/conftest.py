@@ -99,3 +99,17 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
             return last
         time.sleep(interval)
     raise AssertionError(f"{what} did not hold within {timeout} s (last: {last!r})")
+
+
+@pytest.fixture
+def utc():
+    """TZ=UTC for a snapshot (times on screen read the same anywhere), restored after."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()

@@ -7,8 +7,6 @@ Update after an intended change with `pytest tests/test_tui_snapshots.py --snaps
 
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 
@@ -18,16 +16,8 @@ SIZE = (150, 44)
 
 
 @pytest.fixture(autouse=True)
-def utc():
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+def _utc(utc):
+    """Every snapshot here in UTC (tests/conftest.py's utc)."""
 
 
 @pytest.mark.timeout(60)

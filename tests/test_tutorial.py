@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -68,20 +67,6 @@ def test_progress_is_saved_per_lab_and_next_needs_the_checks():
     resumed.restart()
     assert TutorialSession(_NoLab()).index == 0  # type: ignore[arg-type]
     assert Progress.load("another").current == 0
-
-
-@pytest.fixture
-def utc():
-    """TZ=UTC for a snapshot, restored after (time.tzset both ways)."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 @pytest.mark.timeout(60)
