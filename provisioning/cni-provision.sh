@@ -2,8 +2,8 @@
 # Step 2 of 4 on every node (the seed's cni-provision.sh): the pod network and the IPsec mesh,
 # from the files ipsec-lab rendered for this node from the same templates as the netns lab.
 #   - the CNI config (host-local, dataDir under /run), the guard unit (the cleartext guard route,
-#     before any network comes up), the boot unit (cni0, cleartext guard, XFRM interfaces,
-#     FORWARD rules) ordered before strongSwan (and kubelet in the kubeadm mode)
+#     before any network comes up), the boot unit (cni0, cleartext guard, XFRM interfaces with
+#     cni0's address, FORWARD rules) ordered before strongSwan (and kubelet in the kubeadm mode)
 #   - strongSwan as charon under the starter (strongswan.service runs `ipsec start`: charon writes
 #     /run/charon.pid, which `ipsec down` and the boot-order check read), configured by swanctl,
 #     route-based with XFRM interfaces (if_id)

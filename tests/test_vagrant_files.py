@@ -85,7 +85,12 @@ def test_vm_files_share_the_netns_templates():
     ns = render.render_node(spec, spec.node(2), datapath="kernel-xfrm", secrets=psks(spec))
     assert vm["swanctl.conf"].content == ns["swanctl.conf"].content
     assert vm["10-ipsec-lab.conflist"].content == ns["10-ipsec-lab.conflist"].content
-    assert vm["node-boot.sh"].content == ns["node-boot.sh"].content.replace("dev eth0", 'dev "$UNDERLAY_IF"')
+    # The boot script: the netns one, plus cni0's address on each XFRM interface (for kube-proxy's
+    # MASQUERADE; netns nodes SNAT to cni0 in their own NodePort rules).
+    vm_boot = vm["node-boot.sh"].content
+    assert re.findall(r"^ip addr replace 10\.128\.2\.1/32 dev (ipsec-n\d)$", vm_boot, re.M) == ["ipsec-n1", "ipsec-n3"]
+    assert re.sub(r"^ip addr replace .*/32 dev ipsec-n\d\n", "", vm_boot, flags=re.M) == \
+        ns["node-boot.sh"].content.replace("dev eth0", 'dev "$UNDERLAY_IF"')
     # The netns file plus, in the charon section, the start script that loads swanctl.conf.
     vm_conf, ns_conf = vm["strongswan.conf"].content, ns["strongswan.conf"].content
     assert "start-scripts {\n        swanctl = /usr/sbin/swanctl --load-all --noprompt\n    }" in vm_conf
@@ -252,6 +257,50 @@ def test_vm_strongswan_under_the_starter_writes_the_pid_file_and_loads_swanctl(t
     log = (tmp_path / "charon.log").read_text()
     assert "executing start script 'swanctl' (/usr/sbin/swanctl --load-all --noprompt)" in log
     assert log.count("swanctl: successfully loaded 2 connections") == 2, log
+
+
+# What kube-proxy's MASQUERADE does to NodePort traffic leaving through an XFRM interface, with and
+# without the address the boot script gives it, on this machine's real netfilter. This kernel has no
+# XFRM interfaces: a veth without ARP named as the boot script names it stands in; MASQUERADE picks
+# the outgoing interface's address the same way for any device.
+MASQUERADE_SCRIPT = r"""
+set -eu
+ip link set lo up
+ip link add eth1 type veth peer name eth1p; ip addr add 192.168.56.11/24 dev eth1; ip link set eth1 up
+ip link add cni0 type bridge; ip addr add 10.128.1.1/24 dev cni0; ip link set cni0 up
+ip link add ipsec-n2 type veth peer name ipsec-n2p; ip link set ipsec-n2p up; ip link set ipsec-n2 arp off up
+ip route replace 10.128.2.0/24 dev ipsec-n2 src 10.128.1.1
+iptables -w -t nat -A POSTROUTING -o ipsec-n2 -j MASQUERADE
+source_of() {
+    timeout 5 tcpdump -ni ipsec-n2 -c1 -l udp port 9 2>/dev/null >"$1" &
+    t=$!; sleep 0.5
+    python3 -c "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('192.168.56.11', 0)); s.sendto(b'x', ('10.128.2.2', 9))"
+    wait $t
+    echo "$2 $(awk '{print $3}' "$1")"
+}
+source_of "$T/a" without
+eval "$ADDR_LINE"
+source_of "$T/b" with
+"""
+
+
+@pytest.mark.timeout(60)
+def test_xfrm_interface_address_makes_masquerade_pick_a_pod_source(tmp_path):
+    """kube-proxy (kubeadm mode) masquerades NodePort traffic that it sends to another node's pod.
+    Without an address on the XFRM interface the source becomes the underlay address, which no
+    IPsec policy carries; with the boot script's `ip addr replace <cni0>/32` it is cni0's address."""
+    for tool in ("unshare", "iptables", "tcpdump"):
+        assert shutil.which(tool), f"{tool} is not installed (run `scripts/setup.sh --test`)"
+    boot = vm_files("kubeadm", 1)["node-boot.sh"].content
+    line = re.search(r"^ip addr replace 10\.128\.1\.1/32 dev ipsec-n2$", boot, re.M)
+    assert line, boot
+    env = dict(os.environ, T=str(tmp_path), ADDR_LINE=line.group(0))
+    cp = subprocess.run(["unshare", "--net", "sh", "-c", MASQUERADE_SCRIPT], capture_output=True, text=True,
+                        timeout=45, env=env)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    sources = dict(line.split() for line in cp.stdout.splitlines())
+    assert sources["without"].startswith("192.168.56.11."), cp.stdout  # no IPsec policy matches this
+    assert sources["with"].startswith("10.128.1.1."), cp.stdout  # inside local_ts 10.128.1.0/24
 
 
 @pytest.mark.timeout(60)

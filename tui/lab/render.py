@@ -203,6 +203,10 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         # through its IPsec tunnel to kube-node1 (and so do pods, via the kubernetes Service).
         api_address=first.cni0_ip,
         install_paths={role: dest for role, (_t, _m, dest) in VM_FILES.items()},
+        # kube-proxy's MASQUERADE takes the outgoing interface's address: each XFRM interface
+        # carries cni0's address (/32), so NodePort traffic to another node's pod leaves with a
+        # pod-range source that the IPsec policies match (netns SNATs to cni0 in its own rules).
+        xfrm_address=True,
     )
     roles = {role: (template, mode) for role, (template, mode, _dest) in VM_FILES.items()
              if kube.mode == "kubeadm" or role not in KUBEADM_ONLY_FILES}
