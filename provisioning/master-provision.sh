@@ -7,6 +7,10 @@ set -euo pipefail
 FILES=/tmp/ipsec-lab
 # shellcheck source=/dev/null
 . "$FILES/node.env"
+if [ "$NODE_MODE" != kubeadm ]; then
+    echo "master-provision: ${NODE_NAME} runs no Kubernetes (node mode ${NODE_MODE}); nothing to do"
+    exit 0
+fi
 if [ "$NODE_NAME" != "$CONTROL_PLANE" ]; then
     echo "master-provision: ${NODE_NAME} is not the control plane (${CONTROL_PLANE}); nothing to do"
     exit 0

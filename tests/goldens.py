@@ -4,6 +4,7 @@ is never run by the suite."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from tui.backends import vagrant_files as vf
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
 
 PSK = "ab" * 32
-KUBE = render.KubeParams(minor="v1.34", token="abcdef.0123456789abcdef",
+KUBE = render.KubeParams(minor=vf.KUBE_MINOR, token="abcdef.0123456789abcdef",
                          ca_cert_hash="sha256:" + "0" * 64, bootcamp_images=vf.BOOTCAMP_IMAGES)
 SERVICE = Service("kubernetes-bootcamp", "NodePort", 8080, 31990)
 
@@ -23,10 +24,12 @@ def psks(spec: LabSpec) -> dict[str, str]:
     return {pair_key(a.name, b.name): PSK for a in spec.node_list() for b in spec.node_list() if a.index < b.index}
 
 
-def vm_node(node: str) -> dict[Path, str]:
+def vm_node(node: str, mode: str = "kubeadm") -> dict[Path, str]:
+    """kubeadm mode: tests/golden/vagrant/<node>; other modes: tests/golden/vagrant/<mode>/<node>."""
     spec = LabSpec.build("lab", 3)
-    files = render.render_vm_node(spec, spec.node(node), secrets=psks(spec), kube=KUBE)
-    return {GOLDEN / "vagrant" / node / role: f.content for role, f in files.items()}
+    files = render.render_vm_node(spec, spec.node(node), secrets=psks(spec), kube=replace(KUBE, mode=mode))
+    d = GOLDEN / "vagrant" if mode == "kubeadm" else GOLDEN / "vagrant" / mode
+    return {d / node / role: f.content for role, f in files.items()}
 
 
 def netns_node(datapath: str) -> dict[Path, str]:
@@ -49,6 +52,7 @@ def all_goldens() -> dict[Path, str]:
     out: dict[Path, str] = {}
     for node in ("kube-node1", "kube-node2", "kube-node3"):
         out |= vm_node(node)
+    out |= vm_node("kube-node1", "none")
     for datapath in render.DATAPATHS:
         out |= netns_node(datapath)
     return out | kube_proxy()

@@ -78,6 +78,7 @@ class _Capture:
 
 class VagrantBackend(Backend):
     name = "vagrant"
+    cni_bin_dir = render.cni_bin_dir(vf.DEFAULT_NODE_MODE)  # per node mode: kubernetes-cni's or Debian's
     mesh_timeout = TUNNEL_WAIT_S
     mesh_poll = 1.0
     reboot_wait_s = 300.0  # how long a rebooted node may take to answer over SSH

@@ -24,7 +24,11 @@ ROOT = VAGRANTFILE.parent  # VAGRANT_CWD: provisioning/ is beside the Vagrantfil
 DEFAULT_LAB = "lab"
 
 DEFAULT_BOX = "debian/bookworm64"  # the Debian cloud team's box: virtualbox and libvirt
-KUBE_MINOR = "v1.34"  # pkgs.k8s.io/core:/stable:/v1.34 (override: IPSEC_LAB_KUBE_MINOR)
+# pkgs.k8s.io/core:/stable:/v1.36 (override: IPSEC_LAB_KUBE_MINOR). 1.36 is supported until
+# 2027-06-28 (kubernetes.io/releases) and runs on containerd 2.3 (render.CONTAINERD_VERSION).
+KUBE_MINOR = "v1.36"
+# The node mode (render.NODE_MODES): "kubeadm", the seed's cluster, is what this backend runs today.
+DEFAULT_NODE_MODE = "kubeadm"
 # docker.io still serves the tutorial's image; the seed's gcr.io name stays as the fallback.
 BOOTCAMP_IMAGES = ("docker.io/jocatalin/kubernetes-bootcamp:v1", "gcr.io/google-samples/kubernetes-bootcamp:v1")
 RESOURCES = {
@@ -138,12 +142,13 @@ def ca_cert_hash(cert_pem: str) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
-def kube_params(secrets: dict[str, Any]) -> render.KubeParams:
+def kube_params(secrets: dict[str, Any], mode: str = DEFAULT_NODE_MODE) -> render.KubeParams:
     return render.KubeParams(
         minor=secrets["kube_minor"],
         token=secrets["token"],
         ca_cert_hash=ca_cert_hash(secrets["ca_crt"]),
         bootcamp_images=tuple(secrets["bootcamp_images"]),
+        mode=mode,
     )
 
 
@@ -160,10 +165,11 @@ def new_secrets(spec: LabSpec) -> dict[str, Any]:
     }
 
 
-def vagrant_spec(spec: LabSpec, files: LabFiles, box: str) -> dict[str, Any]:
+def vagrant_spec(spec: LabSpec, files: LabFiles, box: str, mode: str = DEFAULT_NODE_MODE) -> dict[str, Any]:
     """What the Vagrantfile reads: every node's name, address, role and rendered-files folder."""
     return {
         "lab": spec.name,
+        "node_mode": mode,
         "spec": spec.to_dict(),
         "box": box,
         "netmask": str(spec.underlay.netmask),
@@ -178,8 +184,9 @@ def vagrant_spec(spec: LabSpec, files: LabFiles, box: str) -> dict[str, Any]:
     }
 
 
-def render_lab_files(spec: LabSpec, secrets: dict[str, Any]) -> dict[str, dict[str, render.RenderedFile]]:
-    kube = kube_params(secrets)
+def render_lab_files(spec: LabSpec, secrets: dict[str, Any],
+                     mode: str = DEFAULT_NODE_MODE) -> dict[str, dict[str, render.RenderedFile]]:
+    kube = kube_params(secrets, mode)
     return {n.name: render.render_vm_node(spec, n, secrets=secrets["psk"], kube=kube) for n in spec.node_list()}
 
 
@@ -206,12 +213,13 @@ def box() -> str:
 
 def write_lab_files(spec: LabSpec, files: LabFiles, box_name: str | None = None, *,
                     secrets: dict[str, Any] | None = None,
-                    rendered: dict[str, dict[str, render.RenderedFile]] | None = None) -> dict[str, Any]:
+                    rendered: dict[str, dict[str, render.RenderedFile]] | None = None,
+                    mode: str = DEFAULT_NODE_MODE) -> dict[str, Any]:
     """Render everything in memory first (a template error changes nothing), then write: the
     secrets, every node's files and the spec the Vagrantfile reads. `up` passes what it rendered."""
     secrets = secrets if secrets is not None else lab_secrets(spec, files)
-    rendered = rendered if rendered is not None else render_lab_files(spec, secrets)
-    vspec = vagrant_spec(spec, files, box_name or box())
+    rendered = rendered if rendered is not None else render_lab_files(spec, secrets, mode)
+    vspec = vagrant_spec(spec, files, box_name or box(), mode)
     files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_file(files.secrets_file, json.dumps(secrets, indent=1, sort_keys=True), 0o600)
     for node, node_files in rendered.items():
@@ -221,7 +229,7 @@ def write_lab_files(spec: LabSpec, files: LabFiles, box_name: str | None = None,
         for role, f in node_files.items():
             write_file(d / role, f.content, f.mode)
         write_file(d / "manifest.tsv", manifest(node_files), 0o644)
-        if node == spec.node(1).name:
+        if node == spec.node(1).name and mode == "kubeadm":
             write_file(d / "ca.crt", secrets["ca_crt"], 0o644)
             write_file(d / "ca.key", secrets["ca_key"], 0o600)
     write_file(files.spec_file, json.dumps(vspec, indent=1, sort_keys=True) + "\n", 0o644)

@@ -134,30 +134,64 @@ VM_FILES: dict[str, tuple[str, int, str]] = {
     "node-boot.sh": ("node-boot.sh.j2", 0o755, "/usr/local/sbin/ipsec-lab-node-boot"),
     "ipsec-lab-guard.service": ("ipsec-lab-guard.service.j2", 0o644, "/etc/systemd/system/ipsec-lab-guard.service"),
     "ipsec-lab-boot.service": ("ipsec-lab-boot.service.j2", 0o644, "/etc/systemd/system/ipsec-lab-boot.service"),
-    "strongswan-order.conf": ("strongswan-order.conf.j2", 0o644,
-                              "/etc/systemd/system/strongswan.service.d/10-ipsec-lab.conf"),
-    "kubeadm.yaml": ("kubeadm.yaml.j2", 0o600, "/etc/ipsec-lab/kubeadm.yaml"),
+    # charon under the starter (`ipsec start`), which writes /run/charon.pid; it takes the name
+    # strongswan.service (and overrides charon-systemd's unit of that name, should it be installed).
+    "strongswan.service": ("strongswan.service.j2", 0o644, "/etc/systemd/system/strongswan.service"),
     "node.env": ("node.env.j2", 0o644, "/etc/ipsec-lab/node.env"),
+    "kubeadm.yaml": ("kubeadm.yaml.j2", 0o600, "/etc/ipsec-lab/kubeadm.yaml"),
+    "containerd.toml": ("containerd.toml.j2", 0o644, "/etc/containerd/config.toml"),
 }
 # On a VM the private interface's name depends on the box and provider (eth1, enp0s8, ...):
 # the boot script reads it from the environment its systemd unit sets (from node.env).
 VM_UNDERLAY_IF = '"$UNDERLAY_IF"'
+
+# A VM node's mode: "kubeadm", the seed's cluster (kubelet, kubeadm and containerd from the
+# internet), or "none", offline: the same pods as on netns, no Kubernetes. The CNI plugins live
+# where each mode's packages put them: kubernetes-cni in /opt/cni/bin, Debian's
+# containernetworking-plugins (the offline box) in /usr/lib/cni.
+NODE_MODES = ("kubeadm", "none")
+CNI_BIN_DIRS: dict[str, str] = {"kubeadm": "/opt/cni/bin", "none": "/usr/lib/cni"}
+KUBEADM_ONLY_FILES = ("kubeadm.yaml", "containerd.toml")
+
+# containerd for the kubeadm mode: Kubernetes 1.36 wants containerd 2.2+ or 2.3+ (containerd's
+# RELEASES.md), Debian 12 ships 1.6.20, so the node takes containerd's own release build; 2.3 is
+# containerd's LTS (to 2028-04-30). runc: the version containerd 2.3.4 is tested with
+# (script/setup/runc-version at v2.3.4).
+CONTAINERD_VERSION = "2.3.4"
+RUNC_VERSION = "1.4.3"
+
+
+def cni_bin_dir(mode: str) -> str:
+    """Where a VM node of this mode finds its CNI plugins."""
+    try:
+        return CNI_BIN_DIRS[mode]
+    except KeyError:
+        raise LabError(f"unknown node mode {mode!r}; expected one of {', '.join(NODE_MODES)}") from None
 
 
 @dataclass(frozen=True)
 class KubeParams:
     """What the kubeadm config and the provisioning scripts need beyond the lab spec."""
 
-    minor: str  # the pinned Kubernetes minor, e.g. "v1.33" (pkgs.k8s.io repository path)
+    minor: str  # the pinned Kubernetes minor, e.g. "v1.36" (pkgs.k8s.io repository path)
     token: str  # bootstrap token, [a-z0-9]{6}.[a-z0-9]{16}
     ca_cert_hash: str  # "sha256:<hex>" of the cluster CA's public key (pinned by every join)
     bootcamp_images: tuple[str, ...]  # tried in order; the seed's gcr.io name last
     service_subnet: str = "10.96.0.0/12"
+    mode: str = "kubeadm"  # the node mode (NODE_MODES)
+    containerd_version: str = CONTAINERD_VERSION
+    runc_version: str = RUNC_VERSION
+
+    @property
+    def cni_bin_dir(self) -> str:
+        return cni_bin_dir(self.mode)
 
 
 def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: KubeParams,
                    ipsec: IpsecTiming = IpsecTiming()) -> dict[str, RenderedFile]:
-    """A VM node's files: kernel-xfrm data path, standard paths, plus units and kubeadm config."""
+    """A VM node's files: kernel-xfrm data path, standard paths, plus units and, in the kubeadm
+    mode, the kubeadm and containerd configuration."""
+    cni_bin_dir(kube.mode)  # an unknown mode fails here, before anything renders
     env = environment()
     ctx = node_context(spec, node, datapath="kernel-xfrm", secrets=secrets, underlay_if=VM_UNDERLAY_IF,
                        paths=NodePaths(), ipsec=ipsec)
@@ -169,6 +203,11 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         # through its IPsec tunnel to kube-node1 (and so do pods, via the kubernetes Service).
         api_address=first.cni0_ip,
         install_paths={role: dest for role, (_t, _m, dest) in VM_FILES.items()},
+        # kube-proxy's MASQUERADE takes the outgoing interface's address: each XFRM interface
+        # carries cni0's address (/32), so NodePort traffic to another node's pod leaves with a
+        # pod-range source that the IPsec policies match (netns SNATs to cni0 in its own rules).
+        xfrm_address=True,
     )
-    return _render_files(env, ctx, {role: (template, mode) for role, (template, mode, _dest) in VM_FILES.items()},
-                         node.name)
+    roles = {role: (template, mode) for role, (template, mode, _dest) in VM_FILES.items()
+             if kube.mode == "kubeadm" or role not in KUBEADM_ONLY_FILES}
+    return _render_files(env, ctx, roles, node.name)

@@ -18,9 +18,11 @@ ip route replace unreachable 10.128.0.0/16
 # Route-based IPsec: one XFRM interface per peer; strongSwan's SAs carry the same if_id.
 ip link show ipsec-n1 >/dev/null 2>&1 || ip link add ipsec-n1 type xfrm dev "$UNDERLAY_IF" if_id 1
 ip link set ipsec-n1 mtu 1400 up
+ip addr replace 10.128.2.1/32 dev ipsec-n1
 ip route replace 10.128.1.0/24 dev ipsec-n1 src 10.128.2.1
 ip link show ipsec-n3 >/dev/null 2>&1 || ip link add ipsec-n3 type xfrm dev "$UNDERLAY_IF" if_id 3
 ip link set ipsec-n3 mtu 1400 up
+ip addr replace 10.128.2.1/32 dev ipsec-n3
 ip route replace 10.128.3.0/24 dev ipsec-n3 src 10.128.2.1
 
 # 3. FORWARD policy DROP, as on a Kubernetes node, with the seed's explicit accepts for pod
