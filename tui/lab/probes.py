@@ -102,10 +102,17 @@ def longest_gap(stamps: Sequence[float], interval: float = PING_INTERVAL) -> flo
     return max(0.0, max(b - a for a, b in zip(stamps, stamps[1:])) - interval)
 
 
+def _loop_count(seconds: float, interval: float) -> int:
+    """A ping loop is bounded by a count (-c), not by -w: with -w, iputils ping exits at the first ICMP
+    error, and on kernel-xfrm an XFRM interface answers a packet it has no SA for yet (a tunnel being
+    re-established) with "Destination Host Unreachable"; with -c errors only count."""
+    return max(1, round(seconds / interval))
+
+
 def ping_gap(backend: "Backend", node: str, ip: str, seconds: float = 3, interval: float = PING_INTERVAL) -> tuple[float, int]:
     """Ping `ip` from `node` every `interval` for `seconds`: (longest_gap of the replies, replies)."""
-    argv = commands.ping(ip, count=0, wait=0.5, interval=interval, timestamps=True, deadline=max(1, round(seconds)),
-                         quiet=False)
+    argv = commands.ping(ip, count=_loop_count(max(1, round(seconds)), interval), wait=0.5, interval=interval,
+                         timestamps=True, quiet=False)
     res = backend.exec(node, argv, timeout=seconds + 10)
     stamps = reply_times(res.stdout)
     return longest_gap(stamps, interval), len(stamps)
@@ -117,8 +124,8 @@ class PingLoop:
     def __init__(self, backend: "Backend", node: str, ip: str, max_seconds: float) -> None:
         import subprocess
 
-        argv = backend.node_argv(node, commands.ping(ip, count=0, wait=0.5, interval=PING_INTERVAL, timestamps=True,
-                                                     deadline=int(max_seconds) + 1, quiet=False))
+        argv = backend.node_argv(node, commands.ping(ip, count=_loop_count(int(max_seconds) + 1, PING_INTERVAL), wait=0.5,
+                                                     interval=PING_INTERVAL, timestamps=True, quiet=False))
         self.started = time.time()
         self._p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._lines: list[str] = []

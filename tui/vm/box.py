@@ -34,13 +34,15 @@ ROOT_LABEL = "vmroot"
 # What a node needs, offline: the kernel with ESP and XFRM interfaces (the cloud kernel has esp4,
 # xfrm_interface and aesni), systemd and sshd for Vagrant, strongSwan with the plugins the rendered
 # strongswan.conf loads and the starter (the seed's `ipsec` command and /run/charon.pid), the CNI
-# plugins, the tools the checks run (tcpdump, curl, ping, iperf3), and python3 for the pod server.
+# plugins, the tools the checks run (tcpdump, curl, ping, iperf3), and python3 for the pod server;
+# python3-venv so that scripts/setup.sh runs offline inside a VM (the netns backend on the box's
+# kernel, tests/test_netns_in_vm.py): it installs every LAB_PACKAGES entry that is missing.
 PACKAGES: tuple[str, ...] = (
     "linux-image-cloud-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus", "kmod", "openssh-server", "sudo",
     "iproute2", "iptables", "procps", "iputils-ping", "netbase", "ca-certificates", "less", "rsync",
     "strongswan-charon", "strongswan-swanctl", "strongswan-starter", "libstrongswan-standard-plugins",
     "libcharon-extra-plugins", "containernetworking-plugins",
-    "python3", "curl", "tcpdump", "iperf3",
+    "python3", "python3-venv", "curl", "tcpdump", "iperf3",
 )
 
 # mmdebstrap --customize-hook scripts ("$1" is the root tree). Vagrant's conventions: a `vagrant`
