@@ -46,6 +46,8 @@ def build_parser() -> ArgumentParser:
         description="A live lab of the seed's Kubernetes IPsec pod network. With no command, opens the TUI.",
     )
     p.add_argument("--backend", choices=BACKENDS, default=None, help="netns (default) or vagrant")
+    p.add_argument("--kubernetes", choices=("none", "kubeadm"), default=None,
+                   help="vagrant: none (default, offline: pods as on netns) or kubeadm (the seed's cluster, online)")
     p.add_argument("--lab", default=os.environ.get("IPSEC_LAB", "lab"), help="lab name (default: lab)")
     p.add_argument("--nodes", type=int, default=None, help="node count for a new lab (2-32, default 3)")
     p.add_argument("--tutorial", action="store_true", help="open the TUI in tutorial mode")
@@ -99,7 +101,8 @@ def build_parser() -> ArgumentParser:
 
 
 def print_status(status, console: Console) -> None:
-    console.print(f"[bold]lab[/] {status.lab}  [bold]backend[/] {status.backend}  [bold]data path[/] {status.datapath}")
+    console.print(f"[bold]lab[/] {status.lab}  [bold]backend[/] {status.backend}  [bold]data path[/] {status.datapath}"
+                  + (f"  [bold]VMs[/] {status.hypervisor}" if status.hypervisor else ""))
     t = Table(title="nodes", title_justify="left")
     for col in ("NAME", "IP", "POD CIDR", "STATE", "IPSEC", "PODS", "IPAM"):
         t.add_column(col)
@@ -224,7 +227,8 @@ def run_command(args: argparse.Namespace) -> int:
         for lab in list_labs():
             out.print(lab)
         return ExitCode.OK
-    backend: Backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter)
+    backend: Backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter,
+                          node_mode=args.kubernetes)
 
     if cmd == "doctor":
         return doctor(backend, install=args.install)
@@ -260,8 +264,16 @@ def run_command(args: argparse.Namespace) -> int:
         if not argv:
             raise UsageError("exec needs a command: ipsec-lab exec NODE -- CMD...")
         backend.spec().node(args.node)
-        full = backend.node_argv(args.node, argv)
-        os.execvp(full[0], full)
+        # Through the backend (on VMs: the node's SSH connection), output as it comes.
+        p = backend.stream(args.node, argv, stderr_to_parent=True)
+        try:
+            for line in p.lines():
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        finally:
+            if p.poll() is None:  # interrupted: end it on the node too
+                p.stop()
+        return p.wait()
     if cmd == "ssh":
         backend.spec().node(args.node)
         shell = [

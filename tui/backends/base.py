@@ -23,7 +23,7 @@ from ..lab.errors import LabError, UsageError
 from ..lab.events import Reporter
 from ..lab.model import LabSpec, Pod, Service
 from ..lab.preflight import Finding
-from ..lab.proc import Result
+from ..lab.proc import NodeProcess, Result, RunningCommand
 from ..lab.render import RenderedFile
 from ..lab.status import LabStatus, TunnelStatus
 
@@ -90,6 +90,16 @@ class Backend(abc.ABC):
     def pods_are_namespaces(self) -> bool:
         """Pods are network namespaces with an HTTP server (no kubelet), as on the netns backend."""
         return False
+
+    @property
+    def nodes_are_vms(self) -> bool:
+        """Nodes are virtual machines: a reboot boots a kernel (the checks' VM bounds apply)."""
+        return False
+
+    def clock_offset(self, node: str) -> float:
+        """How far the node's clock is ahead of this machine's (seconds): 0 where they share one.
+        A ping loop's reply times come from the node's clock; faults are timed by ours."""
+        return 0.0
 
     @property
     def can_cut_link(self) -> bool:
@@ -241,6 +251,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def exec(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0) -> Result: ...
+
+    def stream(self, node: str, argv: Sequence[str], *, stderr_to_parent: bool = False) -> RunningCommand:
+        """Start `argv` on `node` and read its output while it runs (no input, no timeout: stop() ends it).
+        stderr_to_parent: its stderr goes to ours (`ipsec-lab exec`); else it is dropped."""
+        return NodeProcess(self.node_argv(node, argv), stderr_to_parent=stderr_to_parent)
 
     @abc.abstractmethod
     def cni_config(self, node: str) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """The SSH layer of the Vagrant backend: Fabric connections to the nodes, built from
-`vagrant ssh-config NODE` text, one per node, reused; commands run as root."""
+`vagrant ssh-config NODE` text, one per node, reused; commands run as root.
+
+Where the VMs' networks live in the lab's own network namespace (the lab's libvirtd,
+tui/vm/hypervisor.py), the TCP connection is opened inside that namespace (tui/vm/netns.connect)
+and handed to paramiko as its socket: this process never leaves the host's namespace."""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ import logging
 import shlex
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..lab.errors import LabError
 from ..lab.proc import Result
+from ..vm.netns import connect as connect_in_netns
 
 def ssh_host_alias(ssh_config: str) -> str:
     for line in ssh_config.splitlines():
@@ -19,6 +24,20 @@ def ssh_host_alias(ssh_config: str) -> str:
         if len(bits) >= 2 and bits[0].lower() == "host":
             return bits[1]
     raise LabError("vagrant ssh-config printed no Host entry")
+
+
+def ssh_target(ssh_config: str) -> tuple[str, int]:
+    """(HostName, Port) of the first Host entry."""
+    host, port = "", 22
+    for line in ssh_config.splitlines():
+        bits = line.split()
+        if len(bits) >= 2 and bits[0].lower() == "hostname":
+            host = bits[1]
+        elif len(bits) >= 2 and bits[0].lower() == "port":
+            port = int(bits[1])
+    if not host:
+        raise LabError("vagrant ssh-config printed no HostName")
+    return host, port
 
 
 def _quiet_paramiko() -> None:
@@ -37,8 +56,10 @@ class NodeShells:
     Commands run as root (sudo -n when the SSH user is not root, as Vagrant's `vagrant` user is).
     """
 
-    def __init__(self, ssh_config: Callable[[str], str], connect_timeout: int = 15) -> None:
+    def __init__(self, ssh_config: Callable[[str], str], connect_timeout: int = 15,
+                 netns: Callable[[], str | None] = lambda: None) -> None:
         self._ssh_config = ssh_config
+        self._netns = netns
         self._timeout = connect_timeout
         self._conns: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -59,13 +80,20 @@ class NodeShells:
                 return conn
             text = self._ssh_config(node)
             cfg = fabric.Config(ssh_config=paramiko.SSHConfig.from_text(text))
-            conn = fabric.Connection(ssh_host_alias(text), config=cfg, connect_timeout=self._timeout,
-                                     connect_kwargs={"allow_agent": False, "look_for_keys": False})
+            kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": False}
+            conn = None
             try:
+                ns = self._netns()
+                if ns is not None:
+                    kwargs["sock"] = connect_in_netns(ns, *ssh_target(text), timeout=self._timeout)
+                conn = fabric.Connection(ssh_host_alias(text), config=cfg, connect_timeout=self._timeout,
+                                         connect_kwargs=kwargs)
                 conn.open()
             except Exception as exc:  # paramiko, socket and proxy errors alike
-                with contextlib.suppress(Exception):
-                    conn.close()
+                for closable in (conn, kwargs.get("sock")):
+                    if closable is not None:
+                        with contextlib.suppress(Exception):
+                            closable.close()
                 raise LabError(f"cannot reach {node} over SSH: {exc.__class__.__name__}: {exc}".rstrip(": ")) from None
             self._conns[node] = conn
             return conn
@@ -124,6 +152,10 @@ class NodeShells:
                 chan.close()
         return Result(tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace"))
 
+    def spawn(self, node: str, argv: Sequence[str], *, stderr_to_parent: bool = False) -> "SshProcess":
+        """Start argv on the node; read its output while it runs (a ping loop, `ipsec-lab exec`)."""
+        return SshProcess(self, node, argv, stderr_to_parent=stderr_to_parent)
+
     def get(self, node: str, remote: str, local: str) -> None:
         conn = self.connection(node)
         try:
@@ -141,3 +173,57 @@ class NodeShells:
     def close(self) -> None:
         for node in list(self._conns):
             self.forget(node)
+
+
+class SshProcess:
+    """A command on a node over its SSH connection, its stdout read while it runs (the same
+    interface as lab.proc.NodeProcess). Its first output line is its PID, so stop() can end it:
+    closing the channel alone would leave it running on the node."""
+
+    def __init__(self, shells: NodeShells, node: str, argv: Sequence[str], *, stderr_to_parent: bool) -> None:
+        self._shells, self._node = shells, node
+        conn = shells.connection(node)
+        try:
+            self._chan = conn.transport.open_session(timeout=15)
+            wrapped = ["sh", "-c", 'echo "$$"; exec "$@"', "sh", *argv]
+            self._chan.exec_command(NodeShells.command_line(conn.user, wrapped))
+        except Exception as exc:
+            shells.forget(node)
+            raise LabError(f"lost the SSH connection to {node}: {exc.__class__.__name__}: {exc}") from None
+        self._out = self._chan.makefile("rb")
+        self.pid = self._out.readline().decode(errors="replace").strip()
+        if stderr_to_parent:
+            threading.Thread(target=self._pump_stderr, name=f"ssh-stderr-{node}", daemon=True).start()
+
+    def _pump_stderr(self) -> None:
+        import sys
+
+        with contextlib.suppress(Exception):
+            for raw in self._chan.makefile_stderr("rb"):
+                sys.stderr.write(raw.decode(errors="replace"))
+                sys.stderr.flush()
+
+    def lines(self) -> Iterator[str]:
+        with contextlib.suppress(Exception):  # a connection lost mid-way ends the output
+            for raw in self._out:
+                yield raw.decode(errors="replace")
+
+    def poll(self) -> int | None:
+        return self._chan.recv_exit_status() if self._chan.exit_status_ready() else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._chan.exit_status_ready():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the command on {self._node} is still running")
+            time.sleep(0.02)
+        return int(self._chan.recv_exit_status())
+
+    def stop(self) -> None:
+        if self.poll() is None and self.pid.isdigit():
+            with contextlib.suppress(LabError):
+                self._shells.run(self._node, ["kill", self.pid], timeout=10)
+            with contextlib.suppress(TimeoutError):
+                self.wait(timeout=5)
+        with contextlib.suppress(Exception):
+            self._chan.close()

@@ -122,23 +122,23 @@ class PingLoop:
     """`ping -D -i 0.01` from a node, running while a fault happens; gap() is the longest silence."""
 
     def __init__(self, backend: "Backend", node: str, ip: str, max_seconds: float) -> None:
-        import subprocess
-
-        argv = backend.node_argv(node, commands.ping(ip, count=_loop_count(int(max_seconds) + 1, PING_INTERVAL), wait=0.5,
-                                                     interval=PING_INTERVAL, timestamps=True, quiet=False))
+        argv = commands.ping(ip, count=_loop_count(int(max_seconds) + 1, PING_INTERVAL), wait=0.5,
+                             interval=PING_INTERVAL, timestamps=True, quiet=False)
+        # Reply times come from the node's clock (ping -D); faults are timed by ours.
+        self.offset = backend.clock_offset(node)
         self.started = time.time()
-        self._p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._p = backend.stream(node, argv)
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self._p.stdout is not None
-        for line in self._p.stdout:
+        for line in self._p.lines():
             self._lines.append(line)
 
     def replies(self) -> list[float]:
-        return reply_times("".join(list(self._lines)))
+        """Reply times on this machine's clock."""
+        return [t - self.offset for t in reply_times("".join(list(self._lines)))]
 
     def wait_reply_after(self, t: float, timeout: float) -> float | None:
         """The first reply later than wall-clock time t, waiting up to `timeout` seconds."""
@@ -153,12 +153,7 @@ class PingLoop:
         return None
 
     def stop(self) -> None:
-        if self._p.poll() is None:
-            self._p.terminate()
-        try:
-            self._p.wait(timeout=5)
-        except Exception:
-            self._p.kill()
+        self._p.stop()
         self._reader.join(timeout=5)
 
     def gap(self, after: float | None = None) -> float:

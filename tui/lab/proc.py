@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Protocol, Sequence
 
 from .errors import LabError
 
@@ -167,3 +167,46 @@ def umount_lazy(path: str) -> None:
 def umount_all_under(path: str) -> None:
     for mp in mounts_under(path):
         umount_lazy(mp)
+
+
+class RunningCommand(Protocol):
+    """A command running on a node whose output is read while it runs (Backend.stream)."""
+
+    def lines(self) -> Iterator[str]: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def stop(self) -> None: ...
+
+
+class NodeProcess:
+    """A command running on a node, its output read line by line while it runs: the ping loop that
+    measures a fault's gap, `ipsec-lab exec`. This one is a local process (a namespace node's
+    argv); the Vagrant backend's runs over the node's SSH connection (backends/ssh.py)."""
+
+    def __init__(self, argv: Sequence[str], *, stderr_to_parent: bool = False) -> None:
+        self._p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=None if stderr_to_parent else subprocess.DEVNULL, text=True)
+
+    def lines(self) -> Iterator[str]:
+        """stdout, line by line (with their newlines), until the command ends."""
+        assert self._p.stdout is not None
+        yield from self._p.stdout
+
+    def poll(self) -> int | None:
+        return self._p.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._p.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Terminate it (kill after 5 s)."""
+        if self._p.poll() is None:
+            self._p.terminate()
+        try:
+            self._p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._p.kill()
+            self._p.wait(timeout=5)
