@@ -195,3 +195,20 @@ def test_the_heal_wait_reads_its_bound_when_called(monkeypatch):
     t0 = time.monotonic()
     assert catalog._wait_healthy(ctx) == (None, ["kube-node1/mesh-left"])
     assert time.monotonic() - t0 < 2.0
+
+
+# -- per-backend bounds -----------------------------------------------------------------------
+def test_a_vm_reboot_is_judged_by_the_vm_bound_which_the_result_prints():
+    """A real VM reboot under emulation takes tens of seconds: the catalog's VM bound applies to
+    observations made on VMs, and the detail says so; the same gap on namespaces fails."""
+    obs = load(RECORDINGS / "recover-node-reboot" / "healthy.json")["observation"]
+    gap = catalog.VM_REBOOT_MEASURED_S
+    vm = dict(obs, nodes="vm", gap=gap)
+    verdict = catalog.judge_recover_node_reboot(vm)
+    assert verdict.outcome is Outcome.PASSED
+    assert f"(bound {catalog.BOUNDS['vm']['node-reboot']} s on VMs)" in verdict.detail
+    ns = dict(obs, nodes="namespace", gap=gap)
+    assert catalog.judge_recover_node_reboot(ns).outcome is Outcome.FAILED
+    assert "nodes" not in obs  # recordings made before the field: judged as namespaces
+    over = dict(vm, gap=catalog.BOUNDS["vm"]["node-reboot"] + 1)
+    assert catalog.judge_recover_node_reboot(over).outcome is Outcome.FAILED

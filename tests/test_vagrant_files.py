@@ -330,7 +330,7 @@ def prepared(tmp_path, monkeypatch):
     monkeypatch.setenv("IPSEC_LAB_VAGRANT_DIR", str(tmp_path / "labs"))
     spec = LabSpec.build("vgval", 3)
     files = vf.LabFiles.of("vgval")
-    vspec = vf.write_lab_files(spec, files)
+    vspec = vf.write_lab_files(spec, files, mode="kubeadm")
     return tmp_path, files, vspec
 
 
@@ -389,7 +389,7 @@ def test_lab_files_on_disk(prepared):
         assert (n1 / role).stat().st_mode & 0o777 == int(mode, 8)
     # Preparing again keeps the secrets: the VMs and the files never disagree.
     before = files.secrets_file.read_text()
-    vf.write_lab_files(LabSpec.build("vgval", 3), files)
+    vf.write_lab_files(LabSpec.build("vgval", 3), files, mode="kubeadm")
     assert files.secrets_file.read_text() == before
     secrets = json.loads(before)
     kubeadm = (files.node_dir("kube-node3") / "kubeadm.yaml").read_text()
@@ -425,10 +425,14 @@ def facts(**kw) -> vp.HostFacts:
 def test_preflight_picks_a_usable_provider(monkeypatch):
     monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
     spec = LabSpec.build("vgpre", 3)
-    assert vp.preflight(spec, facts(), {}) == "virtualbox"
-    assert vp.preflight(spec, facts(provider_problems={"virtualbox": "no", "libvirt": None}), {}) == "libvirt"
+    assert vp.preflight(spec, facts(), {}, "kubeadm") == "virtualbox"
+    assert vp.preflight(spec, facts(provider_problems={"virtualbox": "no", "libvirt": None}), {}, "kubeadm") == "libvirt"
+    # Node mode none boots the offline box, which is libvirt's: libvirt first, and nothing else will do.
+    assert vp.preflight(spec, facts(), {}, "none") == "libvirt"
+    with pytest.raises(UsageError, match="built for libvirt, not virtualbox"):
+        vp.preflight(spec, facts(provider_problems={"virtualbox": None, "libvirt": "no"}), {}, "none")
     monkeypatch.setenv("VAGRANT_DEFAULT_PROVIDER", "libvirt")
-    assert vp.preflight(spec, facts(), {}) == "libvirt"
+    assert vp.preflight(spec, facts(), {}, "kubeadm") == "libvirt"
 
 
 @pytest.mark.timeout(30)
@@ -450,7 +454,7 @@ def test_preflight_failures_are_one_line(monkeypatch, kw, env, spec_kw, message)
         monkeypatch.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
     spec = LabSpec.build("vgpre", 3, **spec_kw)
     with pytest.raises(UsageError) as err:
-        vp.preflight(spec, facts(**kw), {})
+        vp.preflight(spec, facts(**kw), {}, "kubeadm")
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -22,7 +22,6 @@ from tui.backends.vagrant import VagrantBackend
 from tui.lab.errors import LabError, UsageError
 from tui.lab.events import OutputLine, Reporter, StepFinished, StepStarted
 from tui.lab.model import LabSpec
-from tui.lab.proc import Result
 from tui.lab.vici_status import tunnel_statuses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +52,10 @@ def calls(replay: Path) -> list[dict]:
 
 def host_facts(vagrant: str) -> vp.HostFacts:
     # The host's facts as preflight sees them on a machine with libvirt; here they are given.
+    # The recordings are of the kubeadm node mode on the machine's own libvirtd (a laptop's).
     return vp.HostFacts(vagrant=vagrant, mem_available_mb=32000,
                         provider_problems={"virtualbox": "VirtualBox is not installed", "libvirt": None},
-                        vbox_networks=[vp.VIRTUALBOX_HOSTONLY])
+                        vbox_networks=[vp.VIRTUALBOX_HOSTONLY], system_libvirtd=True)
 
 
 class Recorder:
@@ -71,10 +71,12 @@ class Recorder:
 
 
 def make_backend(lab: str, rec: Recorder) -> VagrantBackend:
-    b = VagrantBackend(lab, Reporter(rec), host=host_facts(shutil.which("vagrant")))
+    b = VagrantBackend(lab, Reporter(rec), host=host_facts(shutil.which("vagrant")), node_mode="kubeadm")
     # No SSH here: the mesh is reported up, as a node would report it (tested for real over SSH
     # in test_vagrant_ssh.py).
     b._sas = lambda node: parsers.parse_swanctl_raw(MESH_UP[node])  # type: ignore[method-assign]
+    # No VM, so no SSH configuration to keep after up (tests/test_vagrant_lab.py boots real ones).
+    b._keep_ssh_configs = lambda spec: None  # type: ignore[method-assign]
     return b
 
 
@@ -122,7 +124,8 @@ def test_up_streams_vagrant_output_and_records_the_lab(fake, monkeypatch):
     # metadata/action lines are not shown to people.
     assert not [e for e in rec.events if isinstance(e, OutputLine) and e.text.startswith("1795")]
     steps = [e.step for e in rec.events if isinstance(e, StepStarted)]
-    assert steps[:3] == ["render node configuration", "vagrant up (libvirt, 3 VMs)", "wait for the IPsec mesh"]
+    assert steps[:3] == ["render node configuration", "vagrant up (libvirt, 3 VMs, node mode kubeadm)",
+                         "wait for the IPsec mesh"]
     assert all(e.ok for e in rec.events if isinstance(e, StepFinished))
     # The run state points the CLI at this backend; the spec is what the Vagrantfile reads.
     state = json.loads(b.paths.state_file.read_text())
@@ -134,33 +137,7 @@ def test_up_streams_vagrant_output_and_records_the_lab(fake, monkeypatch):
     # status: python-vagrant's machine-readable status parse
     assert b.machine_states() == {f"kube-node{i}": "running" for i in (1, 2, 3)}
 
-    # reboot: `vagrant reload NODE`, streamed; then the node must answer again
-    # While it boots, SSH first cannot connect at all, then sshd answers before the vagrant user
-    # may log in (exit 255, as ssh reports it); the third try gets through.
-    ran: list[tuple[str, list[str]]] = []
-    answers = iter([LabError("cannot reach kube-node2 over SSH: NoValidConnectionsError: [Errno None] "
-                             "Unable to connect to port 22 on 192.168.121.57"),
-                    Result(("true",), 255, "", "Connection closed by remote host")])
-
-    def fake_exec(node, argv, **kw):
-        ran.append((node, list(argv)))
-        if list(argv) == ["true"]:
-            got = next(answers, None)
-            if isinstance(got, Exception):
-                raise got
-            if got is not None:
-                return got
-        return Result(tuple(argv), 0, "", "")
-
-    b.exec = fake_exec  # type: ignore[method-assign]
-    b.reboot_poll_s = 0.01
-    b.reboot("kube-node2")
-    assert calls(fake)[-1]["argv"] == ["reload", "kube-node2", "--machine-readable"]
-    assert [argv for _node, argv in ran].count(["true"]) == 3  # the wait loop ran until SSH answered
-    # Back up, kube-node2 starts the connection it only answers (to kube-node1): INITIAL_CONTACT.
-    assert ran[-1][0] == "kube-node2" and "swanctl --initiate --child mesh-left" in ran[-1][1][-1]
-    # Streamed and tagged as it came (the real reload of a machine this host cannot create).
-    assert "Domain is not created. Please run `vagrant up` first." in [e.text for e in rec.lines(node="kube-node2")]
+    # reboot is a real VM reboot (`systemctl reboot` over SSH): tests/test_vagrant_lab.py.
 
     removed = b.down()
     assert calls(fake)[-1]["argv"] == ["destroy", "--force", "--machine-readable"]
@@ -242,15 +219,18 @@ def test_preflight_failure_changes_nothing(fake, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_node_argv_is_vagrant_ssh_with_the_labs_environment(fake):
+def test_node_argv_is_openssh_with_the_kept_ssh_config_in_the_labs_namespace(fake):
     b = make_backend("vgargv", Recorder())
-    vf.write_lab_files(LabSpec.build("vgargv", 3), b.files)
+    vf.write_lab_files(LabSpec.build("vgargv", 3), b.files, mode="none",
+                       libvirt={"netns": "ilab-vgargv-hv", "own": True, "uri": "qemu:///system?socket=/x"})
+    cfg = b.files.ssh_config_file("kube-node2")
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("Host kube-node2\n  HostName 192.168.121.12\n  User vagrant\n  Port 22\n")
     argv = b.node_argv("kube-node2", ["swanctl", "--list-sas"])
-    assert argv[0] == "env" and f"IPSEC_LAB_SPEC={b.files.spec_file}" in argv
-    i = argv.index("ssh")
-    assert argv[i - 1].endswith("vagrant")
-    assert argv[i + 1:] == ["kube-node2", "--no-tty", "-c", "sudo -n -- swanctl --list-sas"]
-    assert "--no-tty" not in b.node_argv("kube-node1", ["bash", "-i"], interactive=True)
+    # The VMs' networks live in the lab's namespace: ssh starts there, with `vagrant ssh-config`'s text.
+    assert argv[:4] == ["ip", "netns", "exec", "ilab-vgargv-hv"]
+    assert argv[4:] == ["ssh", "-F", str(cfg), "-q", "-T", "kube-node2", "sudo -n -- swanctl --list-sas"]
+    assert calls(fake) == []  # kept after up: no Vagrant start per command
     with pytest.raises(UsageError):
         b.node_argv("kube-node9", ["true"])
 
@@ -338,3 +318,17 @@ def test_failed_ssh_handshake_is_one_line_and_nothing_on_stderr():
     # Which paramiko error wins the race (ProxyCommandFailure, "No existing session") varies.
     assert cp.stdout.startswith("cannot reach kube-node1 over SSH: ") and cp.stdout.count("\n") == 1
     assert cp.stderr == ""
+
+
+@pytest.mark.timeout(30)
+def test_progress_updates_never_reach_the_stream():
+    """`vagrant box add` and vagrant-libvirt's volume upload write thousands of "\\r"-separated
+    progress updates (machine-readable: escaped in one ui line; human: on stderr)."""
+    rec = Recorder()
+    out = vo.VagrantOutput(Reporter(rec))
+    updates = "\\r".join(f"Progress: {i}% (Rate: 1/s%!(VAGRANT_COMMA) Estimated time remaining: --:--:--)" for i in range(100))
+    out.feed(f"1795800000,kube-node1,ui,info,{updates}\\nImage upload done\n", "stdout")
+    out.feed("\r".join(f"    kube-node2: [Progress] {i}% (Rate: 0/s)" for i in range(50)) + "\n", "stdout")
+    out.feed("1795800000,,ui,detail,Progress: 100%\n", "stdout")
+    texts = [e.text for e in rec.events if isinstance(e, OutputLine)]
+    assert texts == ["Image upload done"]

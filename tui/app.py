@@ -171,7 +171,8 @@ class IpsecLabApp(LabActions, App[str]):
 
     def _set_subtitle(self) -> None:
         dp = self.status.datapath if self.status else "…"
-        self.sub_title = f"lab {self.lab_name} · backend {self.backend.name} · data path {dp}"
+        vm = f" · {self.status.hypervisor}" if self.status and self.status.hypervisor else ""
+        self.sub_title = f"lab {self.lab_name} · backend {self.backend.name} · data path {dp}{vm}"
 
     def log_line(self, source: str, text: str, node: str | None = None, stream: str = "stdout") -> None:
         self.logs.add(source, text, node=node, stream=stream)
@@ -274,7 +275,7 @@ class IpsecLabApp(LabActions, App[str]):
         first = self.status is None
         self.status_at, self.status_error = message.at, ""
         self.status = message.status
-        if first or message.status.datapath not in self.sub_title:
+        if first or message.status.datapath not in self.sub_title or message.status.hypervisor not in self.sub_title:
             self._set_subtitle()
 
     def on_status_failed(self, message: StatusFailed) -> None:

@@ -23,7 +23,7 @@ def run_tui(args: argparse.Namespace) -> int:
     lab = args.lab
     nodes = node_count(args.nodes)
     LabSpec.build(lab, nodes)  # bad input is a usage error before the screen is taken over
-    backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter())
+    backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter(), node_mode=args.kubernetes)
     if not backend.exists():
         preflight.require(backend.doctor())  # a missing package is one line before the screen is taken
     tutorial = None

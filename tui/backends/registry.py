@@ -10,15 +10,19 @@ from .base import Backend
 BACKENDS = ("netns", "vagrant")
 
 
-def get_backend(name: str, lab: str, reporter: Reporter | None = None) -> Backend:
+def get_backend(name: str, lab: str, reporter: Reporter | None = None, *, node_mode: str | None = None) -> Backend:
+    """node_mode: `--kubernetes` (the Vagrant backend's none or kubeadm; netns runs no Kubernetes)."""
     if name == "netns":
+        if node_mode not in (None, "none"):
+            raise UsageError("the netns backend runs no Kubernetes (--kubernetes none); kubeadm needs "
+                             "--backend vagrant and the internet")
         from .netns import NetnsBackend
 
         return NetnsBackend(lab, reporter)
     if name == "vagrant":
         from .vagrant import VagrantBackend
 
-        return VagrantBackend(lab, reporter)
+        return VagrantBackend(lab, reporter, node_mode=node_mode)
     raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -1,12 +1,21 @@
-"""The Vagrant backend: the seed's real Kubernetes cluster on VMs, from the same templates.
+"""The Vagrant backend: the seed's lab on real VMs, from the same templates as netns.
 
+- Node modes (`--kubernetes`): "none" (the default, offline) boots the offline box (tui/vm/box.py)
+  and runs the same pods as the netns backend: network namespaces attached by the real CNI
+  plugins, answered by the pod server, managed on each node by nodepods.py; "kubeadm" is the
+  seed's cluster (the nodes install Kubernetes from the internet).
+- The hypervisor: the machine's own libvirtd where one runs; else the lab starts its own in a
+  network namespace of the lab's (tui/vm/hypervisor.py), and `vagrant` runs inside that namespace.
+  Acceleration is probed (KVM, or QEMU's emulation with an AES-NI CPU model).
 - The lab spec goes to .ipsec-lab/<lab>/vagrant.json, which the top-level Vagrantfile reads, and
   every node's files are rendered from provisioning/templates (render.render_vm_node) into
   .ipsec-lab/<lab>/nodes/<node>/, which Vagrant's file provisioner uploads.
-- python-vagrant runs up, reload, destroy and status with --machine-readable; every line of
-  their output goes to the Reporter as it comes (the event stream the netns backend uses).
-- Every node command runs over Fabric (SSH), connections built from `vagrant ssh-config NODE`:
-  tunnel state from `swanctl --list-sas --raw`, pods and services from `kubectl ... -o json`.
+- python-vagrant runs up, box add and destroy with --machine-readable; every line of their output
+  goes to the Reporter as it comes (the event stream the netns backend uses), without Vagrant's
+  `Progress: N%` updates.
+- Every node command runs over Fabric (SSH), connections built from `vagrant ssh-config NODE`
+  (kept in the lab's files after up): tunnel state from `swanctl --list-sas --raw`, pods from
+  nodepods.py (none) or `kubectl ... -o json` (kubeadm).
 
 `python -m tui.backends.vagrant prepare --lab NAME [--nodes N]` writes the spec and the node
 files without starting anything, for people who drive `vagrant` by hand.
@@ -16,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -37,12 +48,14 @@ import vagrant as pyvagrant  # noqa: E402
 from ..lab import commands, naming, parsers, pcap, render, state as labstate
 from ..lab.errors import LabError, NotFoundError, UsageError
 from ..lab.events import Reporter
-from ..lab.model import POD_PORT, LabSpec, Pod, Service, validate_node_port, validate_replicas
-from ..lab.proc import Result
+from ..lab.model import (NODE_PORT_RANGE, POD_PORT, LabSpec, Pod, Service, validate_node_port,
+                         validate_replicas)
+from ..lab.proc import Result, RunningCommand
 from ..lab.status import LabStatus, NodeStatus, TunnelStatus
 from ..lab.vici_status import tunnel_statuses
-from . import vagrant_files as vf, vagrant_preflight as vp
-from .base import Backend, Plan, parallel_or_error, split_complete_lines
+from ..vm import box as offline_box, hypervisor as hv
+from . import vagrant_files as vf, vagrant_preflight as vp, workload
+from .base import Backend, Plan, parallel, parallel_or_error, split_complete_lines
 from .ssh import NodeShells
 from .vagrant_output import VagrantOutput, line_pipe
 
@@ -57,17 +70,24 @@ SPREAD_PATCH = json.dumps([{
 }])
 
 
+# The offline node mode's programs on each node (render.NONE_ONLY_FILES installs them).
+NODEPODS = ["python3", "/usr/local/lib/ipsec-lab/nodepods.py"]
+TCG_CPU_MODEL = "Westmere"  # libvirt's type qemu: a model with AES-NI (host-passthrough is KVM's only)
+
+
 class _MachineReadableVagrant(pyvagrant.Vagrant):  # type: ignore[misc]  # python-vagrant ships no types: Any
     """python-vagrant, with --machine-readable on the commands whose output we stream, so that
-    every line names the machine it is about."""
+    every line names the machine it is about, and run inside the lab's namespace where the lab's
+    own libvirtd keeps the VMs' networks (vagrant-libvirt reaches the VMs over them)."""
 
-    MACHINE_READABLE = {"up", "reload", "halt", "destroy", "provision"}
+    MACHINE_READABLE = {"up", "reload", "halt", "destroy", "provision", "box"}
+    netns: str | None = None
 
     def _make_vagrant_command(self, args: Sequence[str]) -> list[str]:
         cmd: list[str] = super()._make_vagrant_command(args)
         if len(cmd) > 1 and cmd[1] in self.MACHINE_READABLE and "--machine-readable" not in cmd:
             cmd.append("--machine-readable")
-        return cmd
+        return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
 
 
 @dataclass(frozen=True)
@@ -84,12 +104,68 @@ class VagrantBackend(Backend):
     reboot_wait_s = 300.0  # how long a rebooted node may take to answer over SSH
     reboot_poll_s = 2.0  # seconds between two tries
 
-    def __init__(self, lab: str, reporter: Reporter | None = None, *, host: vp.HostFacts | None = None) -> None:
+    def __init__(self, lab: str, reporter: Reporter | None = None, *, host: vp.HostFacts | None = None,
+                 node_mode: str | None = None) -> None:
         super().__init__(naming.validate_lab_name(lab), reporter)
         self.files = vf.LabFiles.of(lab)
         self.host = host
-        self.shells = NodeShells(self._ssh_config)
+        self.requested_mode = node_mode
+        self.shells = NodeShells(self._ssh_config, netns=self._netns)
         self._ssh_configs: dict[str, str] = {}
+        self._libvirt: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ node mode, hypervisor
+    @property
+    def node_mode(self) -> str:
+        """none (offline: pods as on netns) or kubeadm (the seed's cluster): the lab's, once it exists."""
+        if self.files.spec_file.exists():
+            return vf.node_mode(self.files)
+        return self.requested_mode or vf.DEFAULT_NODE_MODE
+
+    @property
+    def pods_are_namespaces(self) -> bool:
+        return self.node_mode == "none"
+
+    @property
+    def nodes_are_vms(self) -> bool:
+        return True
+
+    def clock_offset(self, node: str) -> float:
+        """The VM's clock against ours, from one round trip (error: half of it, milliseconds)."""
+        best: tuple[float, float] | None = None
+        for _ in range(3):
+            t0 = time.time()
+            res = self.exec(node, ["date", "+%s.%N"], timeout=10)
+            t1 = time.time()
+            with contextlib.suppress(ValueError):
+                offset = float(res.stdout.strip()) - (t0 + t1) / 2
+                if best is None or t1 - t0 < best[0]:
+                    best = (t1 - t0, offset)
+        return best[1] if best else 0.0
+
+    def _libvirt_settings(self) -> dict[str, Any]:
+        if self._libvirt is None:
+            try:
+                self._libvirt = dict(vf.read_vagrant_spec(self.files).get("libvirt") or {})
+            except LabError:
+                return {}
+        return self._libvirt
+
+    def _netns(self) -> str | None:
+        ns = self._libvirt_settings().get("netns")
+        return str(ns) if ns else None
+
+    def _private_libvirt(self) -> hv.PrivateLibvirt:
+        return hv.PrivateLibvirt(self.lab, self.files.hypervisor_dir)
+
+    @property
+    def hypervisor_summary(self) -> str:
+        """e.g. "libvirt (the lab's own, in ilab-x-hv), TCG": what status and the header show."""
+        lv = self._libvirt_settings()
+        if not lv:
+            return ""
+        where = f"the lab's own, in {lv['netns']}" if lv.get("own") else lv.get("uri", "libvirt")
+        return f"libvirt ({where}), {str(lv.get('accel', '?')).upper()}"
 
     # ------------------------------------------------------------------ capabilities
     def read_charon_log(self, node: str, offset: int) -> tuple[list[str], int]:
@@ -113,11 +189,13 @@ class VagrantBackend(Backend):
 
     def _vagrant(self, output: VagrantOutput | None = None) -> _MachineReadableVagrant:
         out = output or VagrantOutput(self.reporter)
-        return _MachineReadableVagrant(
+        v = _MachineReadableVagrant(
             root=str(vf.ROOT), env=self._env(),
             out_cm=lambda: line_pipe(lambda line: out.feed(line, "stdout")),
             err_cm=lambda: line_pipe(lambda line: out.feed(line, "stderr")),
         )
+        v.netns = self._netns()
+        return v
 
     def _run_vagrant(self, what: str, fn: Callable[[_MachineReadableVagrant], Any]) -> Any:
         out = VagrantOutput(self.reporter)
@@ -130,8 +208,15 @@ class VagrantBackend(Backend):
             raise UsageError(f"vagrant {what}: {exc}".splitlines()[0]) from None
 
     def _ssh_config(self, node: str) -> str:
+        """`vagrant ssh-config NODE`: from the lab's files (kept after up), else from Vagrant."""
         if node not in self._ssh_configs:
-            self._ssh_configs[node] = str(self._run_vagrant(f"ssh-config {node}", lambda v: v.ssh_config(vm_name=node)))
+            path = self.files.ssh_config_file(node)
+            try:
+                text = path.read_text()
+            except OSError:
+                text = str(self._run_vagrant(f"ssh-config {node}", lambda v: v.ssh_config(vm_name=node)))
+                labstate.write_file(path, text, 0o600)
+            self._ssh_configs[node] = text
         return self._ssh_configs[node]
 
     def _forget_node(self, node: str) -> None:
@@ -139,6 +224,18 @@ class VagrantBackend(Backend):
         self.shells.forget(node)
 
     def machine_states(self) -> dict[str, str]:
+        """node -> "running", "shutoff", ...: from the lab's own libvirtd (quick), else `vagrant status`."""
+        lv = self._libvirt_settings()
+        if lv.get("own"):
+            libvirt = self._private_libvirt()
+            if not libvirt.running():
+                return {}
+            prefix = f"ipsec-lab-{self.lab}-"
+            out: dict[str, str] = {}
+            for n in self.spec().node_list():
+                cp = libvirt.virsh("domstate", prefix + n.name, check=False, timeout=15)
+                out[n.name] = cp.stdout.strip().replace("shut off", "shutoff") if cp.returncode == 0 else "not_created"
+            return out
         return {s.name: s.state for s in self._run_vagrant("status", lambda v: v.status())}
 
     # ------------------------------------------------------------------ lab records
@@ -162,12 +259,37 @@ class VagrantBackend(Backend):
         labstate.save_state(self.paths, {
             "version": 1, "backend": self.name, "phase": phase, "provider": provider,
             "spec": self.spec().to_dict(), "datapath": DATAPATH, "files": str(self.files.dir),
-            "vagrant_env": self.files.env(), "created": time.time(),
+            "node_mode": self.node_mode, "vagrant_env": self.files.env(), "created": time.time(),
         })
+
+    def _run_state(self) -> dict[str, Any]:
+        return labstate.load_state(self.paths)
+
+    def _update_run_state(self, **changes: Any) -> None:
+        doc = self._run_state()
+        doc.update(changes)
+        labstate.save_state(self.paths, doc)
 
     # ------------------------------------------------------------------ up: the base's hooks
     def preflight(self, spec: LabSpec) -> None:
-        self._provider = vp.preflight(spec, self.host or vp.HostFacts(), self._other_labs())
+        mode = self.requested_mode or vf.DEFAULT_NODE_MODE
+        if mode not in render.NODE_MODES:
+            raise UsageError(f"unknown node mode {mode!r}: --kubernetes takes {' or '.join(render.NODE_MODES)}")
+        self._provider = vp.preflight(spec, self.host or vp.HostFacts(), self._other_labs(), mode)
+        self._mode = mode
+        if self._provider == "libvirt" and (self.host is None or self.host.system_libvirtd is None):
+            self._system_libvirtd = hv.system_libvirtd()
+        else:
+            self._system_libvirtd = bool(self.host and self.host.system_libvirtd)
+        if self._provider == "libvirt" and not self._system_libvirtd:
+            hv.check_tools()  # the lab starts its own libvirtd: one line now if it cannot
+        if mode == "none" and not os.environ.get("IPSEC_LAB_BOX") and offline_box.cached() is None:
+            offline_box.check_tools()  # `up` builds the box first: one line now if it cannot
+        sock = self._private_libvirt().socket
+        if self._provider == "libvirt" and not self._system_libvirtd and len(str(sock).encode()) > 100:
+            # A unix socket's address holds 108 bytes; libvirtd's lives under the lab's files.
+            raise UsageError(f"the lab's libvirtd socket path would be too long ({sock}): set "
+                             "IPSEC_LAB_VAGRANT_DIR to a shorter directory")
 
     def choose_datapath(self, requested: str | None) -> str:
         if requested not in (None, DATAPATH):
@@ -177,14 +299,19 @@ class VagrantBackend(Backend):
 
     def plan(self, spec: LabSpec, datapath: str) -> Plan:
         secrets = vf.lab_secrets(spec, self.files)
-        box = vf.box()
-        return Plan(spec, datapath, vf.render_lab_files(spec, secrets), secrets,
-                    detail=f"{spec.nodes} nodes, box {box}, files in {self.files.dir}",
-                    extra={"provider": self._provider, "box": box})
+        box = vf.box(self._mode)
+        said = ("node mode none: no Kubernetes (offline); pods are network namespaces on each VM, as on netns "
+                "(--kubernetes kubeadm: the seed's cluster, online)" if self._mode == "none" else
+                "node mode kubeadm: the seed's Kubernetes cluster, installed on the nodes from the internet")
+        self.reporter.line(said)
+        return Plan(spec, datapath, vf.render_lab_files(spec, secrets, self._mode), secrets,
+                    detail=f"{spec.nodes} nodes, node mode {self._mode}, box {box}, files in {self.files.dir}",
+                    extra={"provider": self._provider, "box": box, "mode": self._mode})
 
     def save_state(self, plan: Plan) -> None:
         # The Vagrantfile's spec first: the run state names it, and `down` destroys what it lists.
-        vf.write_lab_files(plan.spec, self.files, plan.extra["box"], secrets=plan.secrets, rendered=plan.files)
+        vf.write_lab_files(plan.spec, self.files, plan.extra["box"], secrets=plan.secrets, rendered=plan.files,
+                           mode=plan.extra["mode"])
         self._save_run_state(plan.extra["provider"], "creating")
 
     def write_files(self, plan: Plan) -> None:
@@ -192,49 +319,123 @@ class VagrantBackend(Backend):
 
     def boot(self, plan: Plan) -> None:
         provider = plan.extra["provider"]
-        with self.reporter.step(f"vagrant up ({provider}, {plan.spec.nodes} VMs)"):
+        if provider == "libvirt":
+            self._start_hypervisor(plan)
+        with self.reporter.step(f"vagrant up ({provider}, {plan.spec.nodes} VMs, node mode {plan.extra['mode']})"):
             self._run_vagrant("up", lambda v: v.up(provider=provider, provision=True))
+        self._keep_ssh_configs(plan.spec)
+
+    def _start_hypervisor(self, plan: Plan) -> None:
+        """The box (built when missing), libvirtd (the machine's, or the lab's own), the acceleration
+        probe, and the box known to Vagrant: all written into the spec the Vagrantfile reads."""
+        recipe = offline_box.Recipe()
+        offline = plan.extra["box"] == offline_box.vagrant_name(recipe)
+        if offline and offline_box.cached(recipe) is None:
+            with self.reporter.step("build the offline box (once; cached in ~/.cache/ipsec-lab)") as step:
+                report = offline_box.build(recipe, lambda line: self.reporter.line(line, source="box"))
+                step.detail = f"{report.box.name} in {sum(report.seconds.values()):.0f} s"
+        kernel = offline_box.kernel_file(recipe) if offline else None
+        accel, why = hv.probe_accel(kernel, cache=offline_box.cache_dir() / "accel-probe.json")
+        if self._system_libvirtd:
+            settings: dict[str, Any] = {"uri": "qemu:///system", "netns": None, "own": False, "pool": None}
+        else:
+            libvirt = self._private_libvirt()
+            with self.reporter.step(f"start the lab's libvirtd (namespace {libvirt.ns})"):
+                libvirt.start(lambda line: self.reporter.line(line, source="hypervisor"))
+            settings = {"uri": libvirt.uri, "netns": libvirt.ns, "own": True, "pool": hv.POOL}
+        settings.update(accel=accel, accel_why=why, driver="kvm" if accel == "kvm" else "qemu",
+                        cpu_model=None if accel == "kvm" else TCG_CPU_MODEL)
+        self.reporter.line(f"acceleration: {accel.upper()}: {why}")
+        vf.set_libvirt(self.files, settings)
+        self._libvirt = settings
+        if offline:
+            self._add_box(plan.extra["box"], offline_box.box_file(recipe))
+
+    def _add_box(self, name: str, path: Path) -> None:
+        """The offline box, known to Vagrant under its recipe's name; boxes of older recipes go."""
+        listed = self._run_vagrant("box list", lambda v: v.box_list())
+        for old in {b.name for b in listed if b.name.startswith(offline_box.BOX_NAME + "-") and b.name != name}:
+            with contextlib.suppress(LabError):  # another lab may still run on it: Vagrant refuses then
+                self._run_vagrant(f"box remove {old}", lambda v: v.box_remove(old, "libvirt"))
+        if any(b.name == name for b in listed):
+            return
+        with self.reporter.step(f"vagrant box add {name}"):
+            self._run_vagrant("box add", lambda v: v.box_add(name, str(path)))
+
+    def _keep_ssh_configs(self, spec: LabSpec) -> None:
+        """Every node's `vagrant ssh-config`, asked once (in parallel) and kept in the lab's files."""
+        for n in spec.node_list():
+            self.files.ssh_config_file(n.name).unlink(missing_ok=True)
+            self._ssh_configs.pop(n.name, None)
+        parallel(self._ssh_config, [n.name for n in spec.node_list()])
 
     def mark_up(self, plan: Plan) -> None:
         self._save_run_state(plan.extra["provider"], "up")
 
     def prepare(self, spec: LabSpec) -> dict[str, Any]:
         """Write the spec the Vagrantfile reads and every node's rendered files."""
-        return vf.write_lab_files(spec, self.files)
+        return vf.write_lab_files(spec, self.files, mode=self.requested_mode or vf.DEFAULT_NODE_MODE)
 
     def tunnel_statuses(self, spec: LabSpec) -> list[TunnelStatus]:
         return self._tunnels(spec, {})
 
     # ------------------------------------------------------------------ down
     def teardown(self, quiet: bool) -> list[str]:
+        """Everything of the lab, also half-made or after a kill -9 of `up`. With the lab's own
+        libvirtd, stopping it is the whole job: its domains, networks, pool and volumes live in
+        its directories and namespace, and whatever still runs there (an orphaned `vagrant up`,
+        QEMU, dnsmasq) is the lab's and is killed by PID. With the machine's libvirtd (or
+        VirtualBox), `vagrant destroy`."""
         removed: list[str] = []
         self.shells.close()
         self._ssh_configs.clear()
-        if self.files.spec_file.exists():
+        libvirt = self._private_libvirt()
+        own = self.files.hypervisor_dir.exists() or os.path.exists(f"/run/netns/{libvirt.ns}")
+        if own:
+            with self.reporter.step(f"stop the lab's libvirtd and its VMs ({self.lab})"):
+                removed += libvirt.stop(lambda line: None)
+        elif self.files.spec_file.exists():
             if shutil.which("vagrant") is None:
                 self.reporter.line("vagrant is not installed: no VMs to destroy", stream="stderr")
             else:
                 with self.reporter.step(f"vagrant destroy ({self.lab})"):
                     self._run_vagrant("destroy", lambda v: v.destroy())
                 removed.append(f"VMs of lab {self.lab}")
+        dot = self.files.dotfile_path
+        if dot is None and self.files.spec_file.exists():  # the default lab: Vagrant's own .vagrant
+            with contextlib.suppress(LabError):
+                for n in self.spec().node_list():
+                    machine = vf.ROOT / ".vagrant" / "machines" / n.name
+                    if machine.exists():
+                        shutil.rmtree(machine, ignore_errors=True)
+                        removed.append(f"Vagrant's record of {n.name}")
         if self.files.dir.exists():
             shutil.rmtree(self.files.dir, ignore_errors=True)
             removed.append(f"files {self.files.dir}")
         if self.paths.state_file.exists():
             removed.append(f"state {self.paths.dir}")
         labstate.remove_lab_files(self.paths)
+        self._libvirt = None
         for item in removed:
             self.reporter.line(f"removed {item}", source="actions")
         return removed
 
     # ------------------------------------------------------------------ node commands
     def node_argv(self, node: str, argv: Sequence[str], *, interactive: bool = False) -> list[str]:
-        """`vagrant ssh NODE -c 'sudo -n -- CMD'` with this lab's Vagrant environment."""
+        """OpenSSH with the node's kept `vagrant ssh-config`, inside the lab's namespace where the
+        VMs' networks live (`vagrant ssh NODE` does the same, seconds slower): for the interactive
+        shell. Every other node command goes through Fabric (exec, stream)."""
         self.spec().node(node)
-        env = [f"{k}={v}" for k, v in sorted(self.files.env().items())]
-        cmd = NodeShells.command_line("vagrant", argv)
-        tty = [] if interactive else ["--no-tty"]
-        return ["env", *env, shutil.which("vagrant") or "vagrant", "ssh", node, *tty, "-c", cmd]
+        self._ssh_config(node)  # kept in the lab's files
+        cfg = self.files.ssh_config_file(node)
+        ns = self._netns()
+        tty = ["-t"] if interactive else ["-T"]
+        return [*(["ip", "netns", "exec", ns] if ns else []), "ssh", "-F", str(cfg), "-q", *tty, node,
+                NodeShells.command_line("vagrant", argv)]
+
+    def stream(self, node: str, argv: Sequence[str], *, stderr_to_parent: bool = False) -> RunningCommand:
+        self.spec().node(node)
+        return self.shells.spawn(node, argv, stderr_to_parent=stderr_to_parent)
 
     def exec(self, node: str, argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0) -> Result:
         self.spec().node(node)
@@ -271,9 +472,11 @@ class VagrantBackend(Backend):
             raise LabError(f"{path} on {node} is not JSON") from None
 
     def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:
-        pods = {p.name for p in self._pods()}
+        pods = {p.name: p for p in self._pods()}
         if pod not in pods:
             raise NotFoundError(f"no pod named {pod!r}; `ipsec-lab status` lists the pods")
+        if self.node_mode == "none":
+            return self.exec(pods[pod].node, [*NODEPODS, "exec", pod, "--", *argv], timeout=timeout)
         return self.kubectl("exec", pod, "--", *argv, timeout=timeout, check=False)
 
     # ------------------------------------------------------------------ status
@@ -295,13 +498,37 @@ class VagrantBackend(Backend):
         return out
 
     def _pods(self) -> list[Pod]:
+        if self.node_mode == "none":
+            by_node = self._parallel_nodes(self.spec(), self._node_pods)
+            return [p for n in self.spec().node_list() if not isinstance(by_node[n.name], Exception)
+                    for p in by_node[n.name]]
         return parsers.pods_from_kubectl(self._kubectl_json("get", "pods", "-l", APP_LABEL))
 
     def _service(self) -> Service | None:
+        if self.node_mode == "none":
+            svc = self._run_state().get("service")
+            return Service(**svc) if svc else None
         res = self.kubectl("get", "service", naming.DEPLOYMENT_NAME, "-o", "json", check=False)
         if not res.ok:
             return None
         return parsers.service_from_kubectl(parsers.json_object(res.stdout))
+
+    # ------------------------------------------------------------------ node mode none: nodepods.py
+    def _nodepods(self, node: str, *args: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        res = self.exec(node, [*NODEPODS, *args], timeout=timeout)
+        if not res.ok:
+            raise LabError(f"nodepods {args[0]} on {node}: {(res.stderr or res.stdout).strip().splitlines()[-1:] or res.returncode}")
+        try:
+            doc = json.loads(res.stdout)
+        except ValueError:
+            raise LabError(f"nodepods {args[0]} on {node} printed no JSON") from None
+        return list(doc)
+
+    def _node_pods(self, node: str) -> list[Pod]:
+        return [Pod(name=p["name"], node=node, ip=p.get("ip") or "", restarts=int(p.get("restarts", 0)),
+                    created=float(p.get("created", 0.0)), netns=p.get("netns") or "",
+                    state="Running" if p.get("ip") else "Pending")
+                for p in self._nodepods(node, "list", timeout=20)]
 
     def _ipam_used(self, node: str) -> int:
         res = self.exec(node, ["sh", "-c", "ls /run/cni/networks/ipsec-lab 2>/dev/null || true"], timeout=10)
@@ -312,11 +539,17 @@ class VagrantBackend(Backend):
         machines = self.machine_states()
         running = {n.name for n in spec.node_list() if machines.get(n.name) == "running"}
         reach = self._parallel_nodes(spec, lambda n: self._ipam_used(n) if n in running else LabError("not running"))
+        reachable = {n for n in running if not isinstance(reach.get(n), Exception)}
         tunnels = self._tunnels(spec, reach)
         ready: dict[str, bool] | None = None
         pods: list[Pod] = []
         services: list[Service] = []
-        if spec.node(1).name in running and not isinstance(reach.get(spec.node(1).name), Exception):
+        if self.node_mode == "none":
+            by_node = self._parallel_nodes(spec, lambda n: self._node_pods(n) if n in reachable else [])
+            pods = [p for n in spec.node_list() for p in (by_node[n.name] if isinstance(by_node[n.name], list) else [])]
+            svc = self._service()
+            services = [svc] if svc else []
+        elif spec.node(1).name in reachable:
             try:
                 ready = parsers.ready_nodes_from_kubectl(self._kubectl_json("get", "nodes"))
                 pods = self._pods()
@@ -327,10 +560,10 @@ class VagrantBackend(Backend):
         nodes = []
         for n in spec.node_list():
             ipsec_up = any(t.node == n.name and t.ike_state != "DOWN" for t in tunnels) or (
-                n.name in running and not isinstance(reach.get(n.name), Exception) and self._charon_answers(n.name))
+                n.name in reachable and self._charon_answers(n.name))
             if n.name not in running:
                 state = "down"
-            elif isinstance(reach.get(n.name), Exception):
+            elif n.name not in reachable:
                 state = "booting"
             elif ready is None:
                 state = "ready"  # reachable, and no Kubernetes answer to go by
@@ -342,7 +575,8 @@ class VagrantBackend(Backend):
                 pods=sum(p.node == n.name for p in pods),
                 ipam_used=reach[n.name] if isinstance(reach.get(n.name), int) else 0,
             ))
-        return LabStatus(self.lab, self.name, DATAPATH, nodes, tunnels, pods, services)
+        return LabStatus(self.lab, self.name, DATAPATH, nodes, tunnels, pods, services,
+                         hypervisor=self.hypervisor_summary)
 
     def _charon_answers(self, node: str) -> bool:
         try:
@@ -356,8 +590,71 @@ class VagrantBackend(Backend):
         image = res.stdout.strip() if res.ok else ""
         return image or vf.BOOTCAMP_IMAGES[0]
 
+    # node mode none: the Deployment's and the Service's records live in the lab's state; each
+    # node's pods in its nodepods.py; kube-proxy's NodePort rules are rendered here and applied.
+    def _deploy_offline(self, replicas: int) -> list[Pod]:
+        spec = self.spec()
+        with labstate.lab_lock(self.paths):
+            dep = self._run_state().get("deployment") or {"name": naming.DEPLOYMENT_NAME, "hash": workload.rand(10)}
+            with self.reporter.step(f"deploy {naming.DEPLOYMENT_NAME} x{replicas}"):
+                doomed, placement = workload.scale(self._pods(), spec.node_list(), replicas, dep["hash"])
+                self._apply_pod_changes(spec, doomed, placement)
+            self._update_run_state(deployment=dict(dep, replicas=replicas))
+        return self._pods()
+
+    def _apply_pod_changes(self, spec: LabSpec, doomed: list[Pod], placement: dict[str, list[str]]) -> None:
+        touched = [n.name for n in spec.node_list() if n.name in placement or any(p.node == n.name for p in doomed)]
+
+        def change(node: str) -> None:
+            gone = [p.name for p in doomed if p.node == node]
+            if gone:
+                self._nodepods(node, "del", *gone, timeout=120)
+                for name in gone:
+                    self.reporter.line(f"pod {name} deleted (CNI DEL)", node=node)
+            if placement.get(node):
+                pods = {p["name"]: p for p in self._nodepods(node, "add", *placement[node], timeout=180)}
+                for name in placement[node]:
+                    self.reporter.line(f"pod {name}: CNI ADD (bridge, host-local) -> {pods.get(name, {}).get('ip', '?')}",
+                                       node=node)
+
+        parallel(change, touched)
+        if touched:
+            self._sync_service_rules(spec)
+
+    def _sync_service_rules(self, spec: LabSpec) -> None:
+        svc = self._service()
+        if svc is None:
+            return
+        endpoints = [p.ip for p in self._pods() if p.ip]
+
+        def apply(node: str) -> None:
+            rules = render.render_kube_proxy_rules(spec, spec.node(node), svc, endpoints)
+            res = self.exec(node, commands.iptables_restore(), input=rules, timeout=30)
+            if not res.ok:
+                raise LabError(f"iptables-restore failed on {node}: {res.stderr.strip()[-200:]}")
+            # Forwarded NodePort traffic passes FORWARD DROP only with kube-proxy's mark (KUBE-FORWARD).
+            self.exec(node, commands.iptables_ensure("FORWARD", commands.KUBE_FORWARD_RULE), timeout=30)
+            self.reporter.line(f"kube-proxy rules: node port {svc.node_port} -> {len(endpoints)} endpoints", node=node)
+
+        parallel(apply, [n.name for n in spec.node_list()])
+
+    def _expose_offline(self, node_port: int | None) -> Service:
+        with labstate.lab_lock(self.paths):
+            st = self._run_state()
+            if not st.get("deployment"):
+                raise UsageError("nothing to expose: deploy first (`ipsec-lab deploy`)")
+            old = st.get("service")
+            port = node_port or (old["node_port"] if old else random.randint(*NODE_PORT_RANGE))
+            svc = Service(name=naming.DEPLOYMENT_NAME, type="NodePort", port=POD_PORT, node_port=port)
+            self._update_run_state(service=dataclasses.asdict(svc))
+            with self.reporter.step(f"expose {naming.DEPLOYMENT_NAME} on node port {port}"):
+                self._sync_service_rules(self.spec())
+        return svc
+
     def deploy(self, replicas: int = 9) -> list[Pod]:
         validate_replicas(replicas)
+        if self.node_mode == "none":
+            return self._deploy_offline(replicas)
         dep = naming.DEPLOYMENT_NAME
         with self.reporter.step(f"deploy {dep} x{replicas}"):
             if not self.kubectl("get", "deployment", dep, "-o", "name", check=False).ok:
@@ -373,6 +670,24 @@ class VagrantBackend(Backend):
         return self._pods()
 
     def delete_pod(self, name: str) -> Pod:
+        if self.node_mode == "none":
+            spec = self.spec()
+            with labstate.lab_lock(self.paths):
+                pods = self._pods()
+                pod = next((p for p in pods if p.name == name), None)
+                if pod is None:
+                    raise NotFoundError(f"no pod named {name!r}; `ipsec-lab status` lists the pods")
+                dep = self._run_state().get("deployment") or {"hash": workload.rand(10)}
+                # The Deployment controller schedules the replacement on the node with the fewest pods.
+                rest = [p for p in pods if p is not pod]
+                target = workload.least_loaded(rest, spec.node_list())
+                new = workload.pod_name(dep["hash"], {p.name for p in pods})
+                with self.reporter.step(f"delete pod {name}"):
+                    self._apply_pod_changes(spec, [pod], {target: [new]})
+            fresh = next((p for p in self._pods() if p.name == new), None)
+            if fresh is None:
+                raise LabError(f"the replacement of pod {name} is missing on {target}")
+            return fresh
         before = {p.name for p in self._pods()}
         if name not in before:
             raise NotFoundError(f"no pod named {name!r}; `ipsec-lab status` lists the pods")
@@ -380,14 +695,16 @@ class VagrantBackend(Backend):
             self.kubectl("delete", "pod", name, "--wait=true", timeout=120)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                fresh = [p for p in self._pods() if p.name not in before and p.state == "Running" and p.ip]
-                if fresh:
-                    return fresh[0]
+                started = [p for p in self._pods() if p.name not in before and p.state == "Running" and p.ip]
+                if started:
+                    return started[0]
                 time.sleep(1.0)
         raise LabError(f"no replacement for pod {name} was Running within 120 s")
 
     def expose(self, node_port: int | None = None) -> Service:
         validate_node_port(node_port)
+        if self.node_mode == "none":
+            return self._expose_offline(node_port)
         dep = naming.DEPLOYMENT_NAME
         if not self.kubectl("get", "deployment", dep, "-o", "name", check=False).ok:
             raise UsageError("nothing to expose: deploy first (`ipsec-lab deploy`)")
@@ -437,23 +754,48 @@ class VagrantBackend(Backend):
         if script:
             self._node_cmd(node, commands.sh(script), f"initiate {node}'s answering connections", timeout=20)
 
+    def _boot_id(self, node: str) -> str:
+        res = self.exec(node, ["cat", "/proc/sys/kernel/random/boot_id"], timeout=10)
+        return res.stdout.strip() if res.ok else ""
+
     def reboot(self, node: str) -> None:
-        self.spec().node(node)
-        with self.reporter.step(f"reboot {node} (vagrant reload)", node=node):
+        """A real reboot of the VM (`systemctl reboot` on it): back when it answers over SSH with a
+        new boot id and its charon runs. Its units bring cni0, the XFRM interfaces, strongSwan and
+        (node mode none) its pods back; then the peers are told at once, and the NodePort rules
+        follow the pods' addresses."""
+        spec = self.spec()
+        spec.node(node)
+        with self.reporter.step(f"reboot {node} (systemctl reboot: a real VM reboot)", node=node):
+            before = self._boot_id(node)
+            with contextlib.suppress(LabError):  # the connection may drop before the answer
+                self.exec(node, ["systemctl", "reboot"], timeout=15)
             self._forget_node(node)
-            self._run_vagrant(f"reload {node}", lambda v: v.reload(vm_name=node))
-            self._forget_node(node)  # the forwarded SSH port may have changed
             deadline = time.monotonic() + self.reboot_wait_s
             while True:
+                time.sleep(self.reboot_poll_s)
                 try:
-                    if self.exec(node, ["true"], timeout=10).ok:
+                    now = self._boot_id(node)
+                    if now and now != before and self._charon_answers(node):
                         break
                 except LabError:
-                    pass
+                    self._forget_node(node)
                 if time.monotonic() > deadline:
-                    raise LabError(f"{node} did not answer over SSH within {self.reboot_wait_s:.0f} s of its reboot")
-                time.sleep(self.reboot_poll_s)
-            self._announce(node)
+                    raise LabError(f"{node} did not come back over SSH within {self.reboot_wait_s:.0f} s of its reboot")
+        self._announce(node)
+        if self.node_mode == "none" and self._service() is not None:
+            self._wait_pods_back(node)
+            self._sync_service_rules(spec)
+
+    def _wait_pods_back(self, node: str, timeout: float = 60.0) -> None:
+        """Until nodepods' boot unit gave every pod of the node its new address."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(LabError):
+                pods = self._node_pods(node)
+                if all(p.ip for p in pods):
+                    return
+            time.sleep(1.0)
+        raise LabError(f"the pods of {node} did not come back within {timeout:.0f} s of its reboot")
 
     def set_underlay_link(self, node: str, up: bool) -> None:
         spec = self.spec()

@@ -23,12 +23,13 @@ VAGRANTFILE = resources.vagrantfile()  # the checkout's, or the installed copy i
 ROOT = VAGRANTFILE.parent  # VAGRANT_CWD: provisioning/ is beside the Vagrantfile
 DEFAULT_LAB = "lab"
 
-DEFAULT_BOX = "debian/bookworm64"  # the Debian cloud team's box: virtualbox and libvirt
+DEFAULT_BOX = "debian/bookworm64"  # the Debian cloud team's box (kubeadm mode): virtualbox and libvirt
 # pkgs.k8s.io/core:/stable:/v1.36 (override: IPSEC_LAB_KUBE_MINOR). 1.36 is supported until
 # 2027-06-28 (kubernetes.io/releases) and runs on containerd 2.3 (render.CONTAINERD_VERSION).
 KUBE_MINOR = "v1.36"
-# The node mode (render.NODE_MODES): "kubeadm", the seed's cluster, is what this backend runs today.
-DEFAULT_NODE_MODE = "kubeadm"
+# The node mode (render.NODE_MODES, `--kubernetes`): "none" by default, offline: the same pods as on
+# netns, from the offline box; "kubeadm", the seed's cluster, needs the internet (pkgs.k8s.io).
+DEFAULT_NODE_MODE = "none"
 # docker.io still serves the tutorial's image; the seed's gcr.io name stays as the fallback.
 BOOTCAMP_IMAGES = ("docker.io/jocatalin/kubernetes-bootcamp:v1", "gcr.io/google-samples/kubernetes-bootcamp:v1")
 RESOURCES = {
@@ -36,6 +37,14 @@ RESOURCES = {
     "virtualbox": {"control-plane": {"cpus": 2, "memory_mb": 2048}, "worker": {"cpus": 2, "memory_mb": 1536}},
     "libvirt": {"control-plane": {"cpus": 2, "memory_mb": 2048}, "worker": {"cpus": 2, "memory_mb": 1536}},
 }
+# Node mode none runs charon, the CNI plugins and a pod server: 1 vCPU and 768 MB each (3 VMs then
+# fit a 2-core machine under emulation; measured: a node uses about 150 MB).
+RESOURCES_NONE = {provider: {role: {"cpus": 1, "memory_mb": 768} for role in ("control-plane", "worker")}
+                  for provider in RESOURCES}
+
+
+def vm_resources(mode: str) -> dict[str, dict[str, dict[str, int]]]:
+    return RESOURCES_NONE if mode == "none" else RESOURCES
 
 CONTROL_PLANE_ROLE, WORKER_ROLE = "control-plane", "worker"
 
@@ -77,6 +86,17 @@ class LabFiles:
     @property
     def captures(self) -> Path:
         return self.dir / "captures"
+
+    @property
+    def hypervisor_dir(self) -> Path:
+        """The lab's own libvirtd's state (its /etc, /var/lib, /run and the storage pool): on disk,
+        not under /run, since the pool holds the VMs' disks."""
+        return self.dir / "hypervisor"
+
+    def ssh_config_file(self, node: str) -> Path:
+        """`vagrant ssh-config NODE`, kept after up: every later command (a new process each time)
+        reaches the node without starting Vagrant."""
+        return self.dir / "ssh" / f"{node}.config"
 
     @property
     def dotfile_path(self) -> Path | None:
@@ -165,16 +185,21 @@ def new_secrets(spec: LabSpec) -> dict[str, Any]:
     }
 
 
-def vagrant_spec(spec: LabSpec, files: LabFiles, box: str, mode: str = DEFAULT_NODE_MODE) -> dict[str, Any]:
-    """What the Vagrantfile reads: every node's name, address, role and rendered-files folder."""
+def vagrant_spec(spec: LabSpec, files: LabFiles, box: str, mode: str = DEFAULT_NODE_MODE,
+                 libvirt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the Vagrantfile reads: every node's name, address, role and rendered-files folder, and
+    where libvirt runs the VMs (`libvirt`: uri, driver, cpu_model, pool; absent: libvirt's defaults)."""
     return {
         "lab": spec.name,
         "node_mode": mode,
+        "libvirt": libvirt or {},
+        # Vagrant's machine records: the Vagrantfile passes it on when it re-runs a bare `vagrant` command.
+        "dotfile": str(files.dotfile_path) if files.dotfile_path else None,
         "spec": spec.to_dict(),
         "box": box,
         "netmask": str(spec.underlay.netmask),
         "libvirt_network": f"ipsec-lab-{spec.name}",
-        "resources": RESOURCES,
+        "resources": vm_resources(mode),
         "nodes": [
             {"name": n.name, "ip": str(n.underlay_ip),
              "role": CONTROL_PLANE_ROLE if n.index == 1 else WORKER_ROLE,
@@ -207,19 +232,38 @@ def lab_secrets(spec: LabSpec, files: LabFiles) -> dict[str, Any]:
     return secrets
 
 
-def box() -> str:
-    return os.environ.get("IPSEC_LAB_BOX", DEFAULT_BOX)
+def box(mode: str = DEFAULT_NODE_MODE) -> str:
+    """The box the nodes boot: IPSEC_LAB_BOX, else the offline box (node mode none: everything a node
+    runs, nothing fetched) or the Debian cloud box (kubeadm: the nodes install Kubernetes online)."""
+    if os.environ.get("IPSEC_LAB_BOX"):
+        return os.environ["IPSEC_LAB_BOX"]
+    if mode == "none":
+        from ..vm import box as offline
+
+        return offline.vagrant_name(offline.Recipe())
+    return DEFAULT_BOX
+
+
+def node_mode(files: LabFiles) -> str:
+    return str(read_vagrant_spec(files).get("node_mode", "kubeadm"))
+
+
+def set_libvirt(files: LabFiles, libvirt: dict[str, Any]) -> None:
+    """Where libvirt runs the VMs, known once the hypervisor runs: into the spec the Vagrantfile reads."""
+    doc = read_vagrant_spec(files)
+    doc["libvirt"] = libvirt
+    write_file(files.spec_file, json.dumps(doc, indent=1, sort_keys=True) + "\n", 0o644)
 
 
 def write_lab_files(spec: LabSpec, files: LabFiles, box_name: str | None = None, *,
                     secrets: dict[str, Any] | None = None,
                     rendered: dict[str, dict[str, render.RenderedFile]] | None = None,
-                    mode: str = DEFAULT_NODE_MODE) -> dict[str, Any]:
+                    mode: str = DEFAULT_NODE_MODE, libvirt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Render everything in memory first (a template error changes nothing), then write: the
     secrets, every node's files and the spec the Vagrantfile reads. `up` passes what it rendered."""
     secrets = secrets if secrets is not None else lab_secrets(spec, files)
     rendered = rendered if rendered is not None else render_lab_files(spec, secrets, mode)
-    vspec = vagrant_spec(spec, files, box_name or box(), mode)
+    vspec = vagrant_spec(spec, files, box_name or box(mode), mode, libvirt)
     files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_file(files.secrets_file, json.dumps(secrets, indent=1, sort_keys=True), 0o600)
     for node, node_files in rendered.items():

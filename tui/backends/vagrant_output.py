@@ -16,6 +16,9 @@ _PREFIX = re.compile(r"^(?:==> |    )?(?P<node>[A-Za-z0-9_.-]+): ?(?P<text>.*)$"
 
 
 _HUMAN_PREFIX = re.compile(r"^(?:==> |    )(?P<node>[A-Za-z0-9_.-]+): (?P<text>.*)$")
+# Vagrant's and vagrant-libvirt's progress updates (a box add, a volume upload): thousands of them,
+# "\r"-separated; never shown (the step's own line says what is being done).
+_PROGRESS = re.compile(r"^\s*(?:\[Progress\]|Progress:)\s*\d+%")
 
 
 def unescape_machine(value: str) -> str:
@@ -67,7 +70,10 @@ class VagrantOutput:
     def feed(self, raw: str, stream: str) -> None:
         m = parse_machine_line(raw)
         if m is None:  # human output (e.g. on stderr): "==> node: text" or "    node: text"
-            text = raw.rstrip("\r\n")
+            kept = [p for p in raw.rstrip("\r\n").split("\r") if not _PROGRESS.match(p.split(": ", 1)[-1])]
+            if not kept:
+                return
+            text = kept[-1]
             if not text.strip():
                 self._paragraph = False
                 return
@@ -92,11 +98,13 @@ class VagrantOutput:
         ui_type, message = m.data[0], ",".join(m.data[1:])
         out_stream = "stderr" if ui_type == "error" or stream == "stderr" else "stdout"
         for part in message.splitlines() or [""]:
+            if _PROGRESS.match(part):
+                continue
             node = m.target or None
             pm = _PREFIX.match(part)
             if pm and (node is None or pm.group("node") == node):
                 node, part = pm.group("node"), pm.group("text")
-            if part.strip():
+            if part.strip() and not _PROGRESS.match(part):
                 self.reporter.line(part, node=node, stream=out_stream)
 
     def last_error(self) -> str:

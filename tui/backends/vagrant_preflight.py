@@ -14,7 +14,8 @@ from typing import Callable
 
 from ..lab.errors import UsageError
 from ..lab.model import LabSpec
-from .vagrant_files import CONTROL_PLANE_ROLE, RESOURCES, VAGRANTFILE, WORKER_ROLE
+from ..vm import hypervisor
+from .vagrant_files import CONTROL_PLANE_ROLE, VAGRANTFILE, WORKER_ROLE, vm_resources
 
 PROVIDERS = ("virtualbox", "libvirt")
 HOST_HEADROOM_MB = 1024  # what the host keeps for itself on top of the VMs
@@ -34,6 +35,7 @@ class HostFacts:
     mem_available_mb: int | None = None
     provider_problems: dict[str, str | None] | None = None  # provider -> why unusable (None: usable)
     vbox_networks: list[ipaddress.IPv4Network] | None = None
+    system_libvirtd: bool | None = None  # a libvirtd of the machine's own answers (None: ask it)
 
     def problems(self) -> dict[str, str | None]:
         if self.provider_problems is None:
@@ -77,11 +79,19 @@ PROBES: tuple[Probe, ...] = (
     Probe("virtualbox", lambda: os.path.exists("/dev/vboxdrv"),
           "VirtualBox's kernel driver is not loaded (no /dev/vboxdrv)"),
     Probe("libvirt", _libvirt_plugin_installed, "the vagrant-libvirt plugin is not installed"),
-    Probe("libvirt", lambda: any(os.path.exists(s) for s in LIBVIRT_SOCKETS),
-          "libvirtd is not running (no /var/run/libvirt/libvirt-sock)"),
-    Probe("libvirt", lambda: os.access("/dev/kvm", os.R_OK | os.W_OK),
-          "KVM is not available (/dev/kvm missing or not accessible)"),
+    # A machine without a libvirtd of its own gets the lab's (tui/vm/hypervisor.py), and without
+    # usable KVM the VMs run under QEMU's emulation: neither is a reason to refuse.
+    Probe("libvirt", lambda: any(os.path.exists(s) for s in LIBVIRT_SOCKETS) or _can_start_libvirtd(),
+          "libvirtd is not running and the lab cannot start its own (scripts/setup.sh --vm installs it)"),
 )
+
+
+def _can_start_libvirtd() -> bool:
+    try:
+        hypervisor.check_tools()
+    except UsageError:
+        return False
+    return True
 
 
 def provider_problem(provider: str, probes: tuple[Probe, ...] = PROBES) -> str | None:
@@ -112,12 +122,13 @@ def _vbox_networks_conf() -> list[ipaddress.IPv4Network]:
     return nets
 
 
-def lab_memory_mb(spec: LabSpec, provider: str) -> int:
-    res = RESOURCES[provider]
+def lab_memory_mb(spec: LabSpec, provider: str, mode: str = "none") -> int:
+    res = vm_resources(mode)[provider]
     return res[CONTROL_PLANE_ROLE]["memory_mb"] + (spec.nodes - 1) * res[WORKER_ROLE]["memory_mb"]
 
 
-def preflight(spec: LabSpec, facts: HostFacts, other_labs: dict[str, ipaddress.IPv4Network]) -> str:
+def preflight(spec: LabSpec, facts: HostFacts, other_labs: dict[str, ipaddress.IPv4Network],
+              mode: str = "none") -> str:
     """Checks before `up`; returns the provider to use. Each failure is one UsageError line.
     Reads only: nothing on the host is changed."""
     if facts.vagrant is None:
@@ -135,11 +146,15 @@ def preflight(spec: LabSpec, facts: HostFacts, other_labs: dict[str, ipaddress.I
             raise UsageError(f"provider {wanted} cannot run VMs here: {problems[wanted]}")
         provider = wanted
     else:
-        usable = [p for p in PROVIDERS if not problems.get(p)]
+        order = ("libvirt", "virtualbox") if mode == "none" else PROVIDERS  # the offline box is libvirt's
+        usable = [p for p in order if not problems.get(p)]
         if not usable:
-            why = "; ".join(f"{p}: {problems[p]}" for p in PROVIDERS)
+            why = "; ".join(f"{p}: {problems[p]}" for p in order)
             raise UsageError(f"no Vagrant provider can run VMs here ({why})")
         provider = usable[0]
+    if mode == "none" and provider != "libvirt":
+        raise UsageError(f"node mode none boots the offline box, which is built for libvirt, not {provider}: "
+                         "install vagrant-libvirt (scripts/setup.sh --vm), or use --kubernetes kubeadm")
     if provider == "virtualbox":
         allowed = facts.vbox_allowed()
         if not any(spec.underlay.subnet_of(n) for n in allowed):
@@ -153,7 +168,7 @@ def preflight(spec: LabSpec, facts: HostFacts, other_labs: dict[str, ipaddress.I
         if lab != spec.name and spec.underlay.overlaps(net):
             raise UsageError(f"underlay {spec.underlay} overlaps Vagrant lab {lab!r} ({net}); "
                              f"pick another subnet with `up --underlay`")
-    need = lab_memory_mb(spec, provider) + HOST_HEADROOM_MB
+    need = lab_memory_mb(spec, provider, mode) + HOST_HEADROOM_MB
     have = facts.memory_mb()
     if have < need:
         raise UsageError(f"not enough memory for {spec.nodes} VMs: they need {need} MB with headroom, "

@@ -179,7 +179,8 @@ def main_checks(args: Any) -> int:
         if path and not Path(path).resolve().parent.is_dir():
             raise UsageError(f"cannot write {path}: no such directory")
     reporter = Reporter(ConsoleSink(out, quiet=args.quiet), source="checks")
-    backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter)
+    backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter,
+                          node_mode=args.kubernetes)
     brought_up = False
     t0 = time.monotonic()
     if not backend.exists():

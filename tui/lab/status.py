@@ -53,12 +53,14 @@ class LabStatus:
     tunnels: list[TunnelStatus]
     pods: list[Pod]
     services: list[Service]
+    hypervisor: str = ""  # VM backends: where the VMs run and how (e.g. "libvirt (...), TCG")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "lab": self.lab,
             "backend": self.backend,
             "datapath": self.datapath,
+            "hypervisor": self.hypervisor,
             "nodes": [asdict(n) for n in self.nodes],
             "tunnels": [
                 {k: v for k, v in asdict(t).items() if k != "detail"} | {"detail": t.detail} for t in self.tunnels

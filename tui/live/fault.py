@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..lab.status import LabStatus
 
 WATCH_SECONDS = 90  # a fault watch gives up after this long
-PING_SECONDS = 3.0  # the fast ping across the pair runs this long, one ping every 10 ms
+PING_SECONDS = 3.0  # the fast ping waits this long for a reply before the fault and after it
 
 
 @dataclass
@@ -47,7 +47,7 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
                   on_status: Callable[["LabStatus"], None] | None = None,
                   started: threading.Event | None = None, stop: threading.Event | None = None,
                   injected: threading.Event | None = None, quiet_after: float = 3.0,
-                  interval: float = 0.0005) -> WatchResult:
+                  interval: float = 0.0005, after_injected: float = 0.0) -> WatchResult:
     """Poll strongSwan as fast as status() allows around a fault on the tunnel `ends`.
 
     A tunnel taken down with `swanctl --terminate` is often back within 3 ms, less than one
@@ -56,7 +56,8 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
 
     Ends when, after `injected` is set, all watched ends are up and either a sample showed one
     down or an SA was replaced; or `quiet_after` seconds after `injected` with neither; or at
-    `until` (monotonic); or when `stop` is set. `on_status` gets every status whose watched
+    `until` (monotonic) or `after_injected` seconds after `injected`, whichever is later (a fault
+    that takes long itself, a VM reboot, still gets its watch); or when `stop` is set. `on_status` gets every status whose watched
     states or SPIs changed (and the first one)."""
     seen_down, recovered, replaced, gap = False, False, False, None
     down_at: float | None = None
@@ -67,7 +68,12 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
     baseline: list[str] | None = None
     prev_sample_at = time.monotonic()
     old_spi = new_spi = ""
-    while time.monotonic() < until and not (stop and stop.is_set()):
+    while not (stop and stop.is_set()):
+        if injected is not None and injected.is_set() and injected_at is None:
+            injected_at = time.monotonic()
+            until = max(until, injected_at + after_injected)
+        if time.monotonic() >= until:
+            break
         try:
             st = backend.status()
         except Exception:  # a node in the middle of a reboot: try again
@@ -194,7 +200,7 @@ class FaultReport:
             return ""
         gap, replies = self.ping
         if gap is None:
-            return f"no ping reply in {PING_SECONDS:g} s"
+            return f"no ping reply within {PING_SECONDS:g} s after the fault was over"
         return f"largest gap between replies {fmt_gap(gap)} ({replies} replies, one ping every 10 ms)"
 
     @property
@@ -231,26 +237,31 @@ def run_fault(backend: "Backend", plan: FaultPlan, inject: Callable[[], str], *,
 
     def watcher() -> None:
         results["watch"] = watch_tunnels(backend, plan.ends, until=time.monotonic() + WATCH_SECONDS,
-                                         on_status=on_status, started=started, stop=stop, injected=injected)
+                                         on_status=on_status, started=started, stop=stop, injected=injected,
+                                         after_injected=WATCH_SECONDS)
 
-    def pinger() -> None:
-        if plan.ping_from and plan.ping_to:
-            try:
-                gap, replies = probes.ping_gap(backend, plan.ping_from, plan.ping_to, seconds=PING_SECONDS)
-                results["ping"] = (gap if math.isfinite(gap) else None, replies)  # None: under two replies
-            except Exception as exc:
-                results["ping_error"] = str(exc)
-
-    tp = threading.Thread(target=pinger, daemon=True, name="fault-ping")
+    # The fast ping runs from before the fault until traffic is back after the watch saw the mesh
+    # whole: the gap covers the whole fault, however long (a VM reboot takes tens of seconds).
+    loop: probes.PingLoop | None = None
+    if plan.ping_from and plan.ping_to:
+        try:
+            # Bounded by a count that outlasts any fault's watch; stopped as soon as it is over.
+            loop = probes.PingLoop(backend, plan.ping_from, plan.ping_to, max_seconds=3600)
+            loop.wait_reply_after(0, PING_SECONDS)  # running before the fault
+        except Exception as exc:
+            results["ping_error"] = str(exc)
     tw = threading.Thread(target=watcher, daemon=True, name="fault-watch")
-    tp.start()
-    time.sleep(0.3)  # the ping is running before the fault
     tw.start()
     started.wait(2.0)
     try:
         ran = inject()
     finally:
         injected.set()
-    tw.join(WATCH_SECONDS + 5)
-    tp.join(PING_SECONDS + 12)
+        tw.join(WATCH_SECONDS + 5)
+        if loop is not None:
+            back = loop.wait_reply_after(time.time(), PING_SECONDS)  # a reply after the mesh is whole again
+            loop.stop()
+            gap = loop.gap()
+            # None: no reply once the fault was over (the gap would only be the one before it).
+            results["ping"] = (gap if back is not None and math.isfinite(gap) else None, len(loop.replies()))
     return FaultReport(plan, ran, results.get("watch"), results.get("ping"), results.get("ping_error", ""))

@@ -47,10 +47,11 @@ USERS = ("libvirt-qemu", "libvirt-dnsmasq")
 
 # Runs in `ip netns exec NS`, which already gives a private mount namespace: a private /run (so
 # nothing lands in the host's), then the lab's directories over libvirt's, then the daemons.
-# $1 is the state directory; the daemons write their PIDs there.
+# $1 is the state directory (the daemons write their PIDs there), $2 the directory that becomes
+# /run/libvirt (its socket path must stay under the 108 bytes of a unix socket address).
 WRAPPER = (
     'S="$1"; mount -t tmpfs -o mode=755 ipsec-lab-run /run && mkdir -p /run/libvirt && '
-    'mount --bind "$S/run" /run/libvirt && '
+    'mount --bind "$2" /run/libvirt && '
     'mount --bind "$S/etc" /etc/libvirt && mount --bind "$S/lib" /var/lib/libvirt && '
     'mount --bind "$S/log" /var/log/libvirt && mount --bind "$S/cache" /var/cache/libvirt && '
     'virtlogd -d -p "$S/virtlogd.pid" && exec libvirtd -d -p "$S/libvirtd.pid"'
@@ -150,12 +151,13 @@ def probe_accel(kernel: Path | None, *, timeout: float = 20.0, cache: Path | Non
 class PrivateLibvirt:
     """virtlogd + libvirtd of one lab, in its namespace, with its own directories under `state`."""
 
-    def __init__(self, lab: str, state: Path) -> None:
+    def __init__(self, lab: str, state: Path, run: Path | None = None) -> None:
         self.lab, self.state, self.ns = lab, state, namespace(lab)
+        self.run = run or state / "run"  # libvirtd's /run/libvirt: a short path (its socket is there)
 
     @property
     def socket(self) -> Path:
-        return self.state / "run" / "libvirt-sock"
+        return self.run / "libvirt-sock"
 
     @property
     def uri(self) -> str:
@@ -174,8 +176,9 @@ class PrivateLibvirt:
 
     def start(self, on_line: Line) -> None:
         check_tools()
-        for sub in ("run", "etc", "lib", "log", "cache", "pool"):
+        for sub in ("etc", "lib", "log", "cache", "pool"):
             (self.state / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.run.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.state / "etc" / "qemu.conf").write_text(QEMU_CONF)
         for target in DIRS.values():  # mount points: scripts/setup.sh --vm makes them, as libvirt's packages would
             if not Path(target).is_dir():
@@ -183,7 +186,7 @@ class PrivateLibvirt:
         if subprocess.run(["ip", "netns", "add", self.ns], capture_output=True, text=True).returncode != 0:
             raise LabError(f"network namespace {self.ns} exists already: `ipsec-lab --backend vagrant --lab {self.lab} down` removes it")
         subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
-        cp = subprocess.run(["ip", "netns", "exec", self.ns, "sh", "-c", WRAPPER, "sh", str(self.state)],
+        cp = subprocess.run(["ip", "netns", "exec", self.ns, "sh", "-c", WRAPPER, "sh", str(self.state), str(self.run)],
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if cp.returncode != 0:
             raise LabError(f"the lab's libvirtd did not start: {(cp.stderr or cp.stdout).strip()[-300:] or 'no output'}")
@@ -234,6 +237,8 @@ class PrivateLibvirt:
         if self.state.exists():
             shutil.rmtree(self.state, ignore_errors=True)
             removed.append(f"hypervisor state {self.state}")
+        if self.run.exists():
+            shutil.rmtree(self.run, ignore_errors=True)
         for r in removed:
             on_line(f"removed {r}")
         return removed
