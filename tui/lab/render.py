@@ -201,7 +201,7 @@ class KubeParams:
 def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: KubeParams,
                    ipsec: IpsecTiming = IpsecTiming()) -> dict[str, RenderedFile]:
     """A VM node's files: kernel-xfrm data path, standard paths, plus units and, in the kubeadm
-    mode, the kubeadm and containerd configuration."""
+    mode, the kubeadm and containerd configuration; in the "none" mode, the pods' unit and programs."""
     cni_bin_dir(kube.mode)  # an unknown mode fails here, before anything renders
     env = environment()
     ctx = node_context(spec, node, datapath="kernel-xfrm", secrets=secrets, underlay_if=VM_UNDERLAY_IF,
