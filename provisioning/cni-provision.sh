@@ -77,6 +77,10 @@ for _ in $(seq 1 50); do  # charon writes its pid file once it runs, then loads 
     sleep 0.2
 done
 [ -s /run/charon.pid ] || { echo "cni-provision: charon did not start (no /run/charon.pid)" >&2; exit 1; }
+if [ "$NODE_MODE" = none ]; then  # offline, the pods' server (podserver.py; nodepods.py restores pods at boot)
+    systemctl enable ipsec-lab-pods.service >/dev/null 2>&1
+    systemctl restart ipsec-lab-pods.service
+fi
 ip -br link show type xfrm
 swanctl --list-conns | grep -E '^[a-z]' || true
 echo "cni-provision: ${NODE_NAME} mesh configured, charon pid $(cat /run/charon.pid) (peers connect as they come up)"

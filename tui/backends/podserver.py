@@ -163,6 +163,15 @@ class PodServer:
 
 
 def main() -> int:
+    # `--run DIR`: where the pod list and the control socket live (default /run: a netns node's
+    # own /run, a VM's /run). tests/test_nodepods.py passes a directory of its own.
+    global POD_LIST, CONTROL
+    if sys.argv[1:2] == ["--run"] and len(sys.argv) == 3:
+        POD_LIST = os.path.join(sys.argv[2], os.path.basename(POD_LIST))
+        CONTROL = os.path.join(sys.argv[2], os.path.basename(CONTROL))
+    elif len(sys.argv) > 1:
+        print("usage: podserver.py [--run DIR]", file=sys.stderr)
+        return 2
     try:
         PodServer().serve_forever()
     except KeyboardInterrupt:

@@ -138,6 +138,11 @@ VM_FILES: dict[str, tuple[str, int, str]] = {
     # strongswan.service (and overrides charon-systemd's unit of that name, should it be installed).
     "strongswan.service": ("strongswan.service.j2", 0o644, "/etc/systemd/system/strongswan.service"),
     "node.env": ("node.env.j2", 0o644, "/etc/ipsec-lab/node.env"),
+    # Node mode "none" only: the pods' HTTP server and the pods' program (copied as they are, see
+    # NODE_PROGRAMS), and the unit that runs the one and, at boot, `nodepods.py restore`.
+    "ipsec-lab-pods.service": ("ipsec-lab-pods.service.j2", 0o644, "/etc/systemd/system/ipsec-lab-pods.service"),
+    "podserver.py": ("backends/podserver.py", 0o644, "/usr/local/lib/ipsec-lab/podserver.py"),
+    "nodepods.py": ("backends/nodepods.py", 0o644, "/usr/local/lib/ipsec-lab/nodepods.py"),
     "kubeadm.yaml": ("kubeadm.yaml.j2", 0o600, "/etc/ipsec-lab/kubeadm.yaml"),
     "containerd.toml": ("containerd.toml.j2", 0o644, "/etc/containerd/config.toml"),
 }
@@ -152,6 +157,12 @@ VM_UNDERLAY_IF = '"$UNDERLAY_IF"'
 NODE_MODES = ("kubeadm", "none")
 CNI_BIN_DIRS: dict[str, str] = {"kubeadm": "/opt/cni/bin", "none": "/usr/lib/cni"}
 KUBEADM_ONLY_FILES = ("kubeadm.yaml", "containerd.toml")
+# Offline, no kubelet runs pods: the node runs the netns backend's pod logic itself.
+NONE_ONLY_FILES = ("ipsec-lab-pods.service", "podserver.py", "nodepods.py")
+# Roles that are not templates but programs of the tui package (VM_FILES names their source, under
+# the package): copied into the node's files as they are, since the VM runs them with its own
+# python3 (standard library only; nodepods.py and podserver.py import nothing from tui).
+NODE_PROGRAMS = ("podserver.py", "nodepods.py")
 
 # containerd for the kubeadm mode: Kubernetes 1.36 wants containerd 2.2+ or 2.3+ (containerd's
 # RELEASES.md), Debian 12 ships 1.6.20, so the node takes containerd's own release build; 2.3 is
@@ -190,7 +201,7 @@ class KubeParams:
 def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: KubeParams,
                    ipsec: IpsecTiming = IpsecTiming()) -> dict[str, RenderedFile]:
     """A VM node's files: kernel-xfrm data path, standard paths, plus units and, in the kubeadm
-    mode, the kubeadm and containerd configuration."""
+    mode, the kubeadm and containerd configuration; in the "none" mode, the pods' unit and programs."""
     cni_bin_dir(kube.mode)  # an unknown mode fails here, before anything renders
     env = environment()
     ctx = node_context(spec, node, datapath="kernel-xfrm", secrets=secrets, underlay_if=VM_UNDERLAY_IF,
@@ -208,6 +219,12 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         # pod-range source that the IPsec policies match (netns SNATs to cni0 in its own rules).
         xfrm_address=True,
     )
-    roles = {role: (template, mode) for role, (template, mode, _dest) in VM_FILES.items()
-             if kube.mode == "kubeadm" or role not in KUBEADM_ONLY_FILES}
-    return _render_files(env, ctx, roles, node.name)
+    wanted = [role for role in VM_FILES
+              if role not in (NONE_ONLY_FILES if kube.mode == "kubeadm" else KUBEADM_ONLY_FILES)]
+    roles = {role: VM_FILES[role][:2] for role in wanted if role not in NODE_PROGRAMS}
+    out = _render_files(env, ctx, roles, node.name)
+    for role in wanted:
+        if role in NODE_PROGRAMS:
+            source, mode, _dest = VM_FILES[role]
+            out[role] = RenderedFile(role, (resources.package_dir() / source).read_text(), mode)
+    return {role: out[role] for role in wanted}  # VM_FILES' order, as before
