@@ -91,10 +91,14 @@ def test_vm_files_share_the_netns_templates():
     assert re.findall(r"^ip addr replace 10\.128\.2\.1/32 dev (ipsec-n\d)$", vm_boot, re.M) == ["ipsec-n1", "ipsec-n3"]
     assert re.sub(r"^ip addr replace .*/32 dev ipsec-n\d\n", "", vm_boot, flags=re.M) == \
         ns["node-boot.sh"].content.replace("dev eth0", 'dev "$UNDERLAY_IF"')
-    # The netns file plus, in the charon section, the start script that loads swanctl.conf.
+    # The netns file plus, in the charon section, the start scripts: load swanctl.conf, then start
+    # the connections this node only answers (kube-node2 answers kube-node1: mesh-left).
     vm_conf, ns_conf = vm["strongswan.conf"].content, ns["strongswan.conf"].content
-    assert "start-scripts {\n        swanctl = /usr/sbin/swanctl --load-all --noprompt\n    }" in vm_conf
+    assert "start-scripts {\n        swanctl = /usr/sbin/swanctl --load-all --noprompt\n" in vm_conf
+    assert re.findall(r"swanctl --initiate --child (\S+)", vm_conf) == ["mesh-left"]
     assert vm_conf.replace(vm_conf[vm_conf.index("    # On a VM"):vm_conf.index("    }\n}\n") + 6], "") == ns_conf
+    first = render.render_vm_node(spec, spec.node(1), secrets=psks(spec), kube=KUBE)["strongswan.conf"].content
+    assert "announce" not in first  # kube-node1 starts all of its connections itself
     assert "charon-systemd" not in vm_conf
     kubeadm = vm["kubeadm.yaml"].content
     assert "kind: JoinConfiguration" in kubeadm and 'apiServerEndpoint: "10.128.1.1:6443"' in kubeadm
@@ -370,7 +374,7 @@ def test_vagrant_validate_catches_mistakes(prepared):
 def test_vagrantfile_without_a_spec_says_what_to_do(tmp_path):
     cp = validate(tmp_path, tmp_path / "none.json", "libvirt")
     assert cp.returncode != 0
-    assert "no lab spec at" in cp.stderr and "ipsec-lab --backend vagrant" in cp.stderr
+    assert "no spec at" in cp.stderr and "`vagrant up` (or `ipsec-lab --backend vagrant" in cp.stderr
 
 
 @pytest.mark.timeout(60)

@@ -746,13 +746,9 @@ class VagrantBackend(Backend):
     def restart_ipsec(self, node: str) -> None:
         # As on netns: killed (a graceful stop's DELETEs make every peer re-initiate while the
         # new daemon does, leaving duplicate IKE SAs), started again, then it announces itself.
+        # The node's charon starts its answering connections itself once it loaded them
+        # (strongswan-vm.conf's start-scripts), as after a reboot.
         self._node_cmd(node, commands.restart_strongswan_unit(), f"restart strongSwan on {node}")
-        self._announce(node)
-
-    def _announce(self, node: str) -> None:
-        script = commands.announce_script(self.spec(), node)
-        if script:
-            self._node_cmd(node, commands.sh(script), f"initiate {node}'s answering connections", timeout=20)
 
     def _boot_id(self, node: str) -> str:
         res = self.exec(node, ["cat", "/proc/sys/kernel/random/boot_id"], timeout=10)
@@ -761,8 +757,8 @@ class VagrantBackend(Backend):
     def reboot(self, node: str) -> None:
         """A real reboot of the VM (`systemctl reboot` on it): back when it answers over SSH with a
         new boot id and its charon runs. Its units bring cni0, the XFRM interfaces, strongSwan and
-        (node mode none) its pods back; then the peers are told at once, and the NodePort rules
-        follow the pods' addresses."""
+        (node mode none) its pods back, and the NodePort rules
+        follow the pods' addresses. The node's charon tells its peers itself (start-scripts)."""
         spec = self.spec()
         spec.node(node)
         with self.reporter.step(f"reboot {node} (systemctl reboot: a real VM reboot)", node=node):
@@ -781,7 +777,6 @@ class VagrantBackend(Backend):
                     self._forget_node(node)
                 if time.monotonic() > deadline:
                     raise LabError(f"{node} did not come back over SSH within {self.reboot_wait_s:.0f} s of its reboot")
-        self._announce(node)
         if self.node_mode == "none" and self._service() is not None:
             self._wait_pods_back(node)
             self._sync_service_rules(spec)
