@@ -83,7 +83,11 @@ def test_vm_files_share_the_netns_templates():
     spec = LabSpec.build("lab", 3)
     vm = render.render_vm_node(spec, spec.node(2), secrets=psks(spec), kube=KUBE)
     ns = render.render_node(spec, spec.node(2), datapath="kernel-xfrm", secrets=psks(spec))
-    assert vm["swanctl.conf"].content == ns["swanctl.conf"].content
+    # The same connections, but MOBIKE off: a VM's management NIC must never carry the tunnels.
+    vm_swanctl = vm["swanctl.conf"].content
+    assert vm_swanctl.count("        mobike = no\n") == 2 and "mobike" not in ns["swanctl.conf"].content
+    assert re.sub(r"^\s*#.*\n|^\s*mobike = no\n", "", vm_swanctl, flags=re.M) == \
+        re.sub(r"^\s*#.*\n", "", ns["swanctl.conf"].content, flags=re.M)
     assert vm["10-ipsec-lab.conflist"].content == ns["10-ipsec-lab.conflist"].content
     # The boot script: the netns one, plus cni0's address on each XFRM interface (for kube-proxy's
     # MASQUERADE; netns nodes SNAT to cni0 in their own NodePort rules).

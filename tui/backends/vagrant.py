@@ -33,6 +33,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,12 @@ class _MachineReadableVagrant(pyvagrant.Vagrant):  # type: ignore[misc]  # pytho
 class _Capture:
     name: str
     nodes: dict[str, str]  # node -> the capture's files on it, without extension
+
+
+@dataclass(frozen=True)
+class _HostCapture:
+    path: str  # the merged capture
+    parts: list[tuple[subprocess.Popen[str], str]]  # one tcpdump per VM's underlay port, its file
 
 
 class VagrantBackend(Backend):
@@ -802,7 +809,51 @@ class VagrantBackend(Backend):
         self._action(f"underlay link of {node} {'restored' if up else 'cut'}", node=node)
 
     # ------------------------------------------------------------------ captures
+    def _libvirt_virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
+        lv = self._libvirt_settings()
+        return subprocess.run(["virsh", "-c", str(lv.get("uri") or "qemu:///system"), *args], capture_output=True,
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+    def _underlay_ports(self) -> list[str]:
+        """The host side of every VM's underlay NIC (libvirt's vnetN), where the VMs' packets enter."""
+        ports: list[str] = []
+        for n in self.spec().node_list():
+            cp = self._libvirt_virsh("domiflist", f"ipsec-lab-{self.lab}-{n.name}")
+            net = vf.read_vagrant_spec(self.files)["libvirt_network"]
+            for line in cp.stdout.splitlines():
+                bits = line.split()
+                if len(bits) >= 3 and bits[2] == net:
+                    ports.append(bits[0])
+        return ports
+
     def start_capture(self, name: str) -> object:
+        """tcpdump where the VMs' underlay is wired: on libvirt, one per VM on the host side of its
+        underlay NIC (vnetN, in the lab's namespace when the lab runs its own libvirtd), packets
+        entering from the VM only, merged at stop: each packet between two nodes is captured once,
+        as a switch port would see it, and capturing goes on while a node reboots. Elsewhere
+        (VirtualBox), on each VM's own interface."""
+        ports = self._underlay_ports() if self._libvirt_settings() else []
+        if len(ports) != self.spec().nodes:
+            return self._start_capture_on_nodes(name)
+        self.files.captures.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c for c in name if c.isalnum() or c in "-_") or "capture"
+        ns = self._netns()
+        handle = _HostCapture(str(self.files.captures / f"{safe}.pcap"), [])
+        for port in ports:
+            part = str(self.files.captures / f"{safe}.{port}.pcap")
+            argv = [*(["ip", "netns", "exec", ns] if ns else []), "tcpdump", "-n", "-U", "--immediate-mode",
+                    "-Q", "in", "-i", port, "-w", part]
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)
+            handle.parts.append((p, part))
+            assert p.stderr is not None  # stderr=PIPE
+            line = p.stderr.readline()  # "tcpdump: listening on vnet0, ..." once the socket is open
+            if "listening on" not in line:
+                self.stop_capture(handle)
+                raise LabError(f"tcpdump on {port} (the VMs' underlay) did not start: {line.strip()}")
+        return handle
+
+    def _start_capture_on_nodes(self, name: str) -> object:
         """tcpdump on every node's private interface, outgoing packets only: each packet between
         two nodes is captured once, at its sender, as a switch between them would see it."""
         spec = self.spec()
@@ -824,6 +875,24 @@ class VagrantBackend(Backend):
         return handle
 
     def stop_capture(self, handle: object) -> str:
+        if isinstance(handle, _HostCapture):
+            for p, _ in handle.parts:
+                p.send_signal(signal.SIGINT)
+            for p, _ in handle.parts:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            parts = [part for _, part in handle.parts]
+            try:
+                pcap.merge(parts, handle.path)
+            except ValueError as exc:
+                raise LabError(str(exc)) from None
+            finally:
+                for part in parts:
+                    Path(part).unlink(missing_ok=True)
+            return handle.path
         if not isinstance(handle, _Capture):
             raise TypeError(f"not a capture of this backend: {handle!r}")
         self.files.captures.mkdir(parents=True, exist_ok=True)

@@ -110,9 +110,14 @@ FIND_UNDERLAY_IF = ("ip -o -4 addr show | awk -v ip=\"$1\" "
                     "'{ split($4, a, \"/\"); if (a[1] == ip) { print $2; exit } }'")
 
 
+UNDERLAY_ENV = "/etc/ipsec-lab/underlay.env"  # a VM's underlay interface, as provisioning found it
+
+
 def underlay_link_set(address: str, up: bool) -> Argv:
-    """Set the interface that holds `address` up or down (a VM's underlay, whatever its name)."""
-    return ["sh", "-c", f'dev=$({FIND_UNDERLAY_IF}); [ -n "$dev" ] || {{ echo "no interface holds $1" >&2; exit 1; }}; '
+    """Set a VM's underlay interface up or down: the one provisioning recorded (a link set down may
+    lose its address, and then no interface holds it), else the one that holds `address`."""
+    return ["sh", "-c", f'dev=$(. {UNDERLAY_ENV} 2>/dev/null && echo "$UNDERLAY_IF"); [ -n "$dev" ] || dev=$({FIND_UNDERLAY_IF}); '
+                        '[ -n "$dev" ] || { echo "no interface holds $1" >&2; exit 1; }; '
                         f'ip link set "$dev" {"up" if up else "down"}', "underlay", address]
 
 

@@ -89,6 +89,7 @@ def node_context(
         "underlay_if": underlay_if,
         "paths": paths,
         "ipsec": ipsec,
+        "mobike": True,  # a netns node has one interface; a VM turns it off (render_vm_node)
     }
 
 
@@ -218,6 +219,8 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         # carries cni0's address (/32), so NodePort traffic to another node's pod leaves with a
         # pod-range source that the IPsec policies match (netns SNATs to cni0 in its own rules).
         xfrm_address=True,
+        # MOBIKE off: the management NIC must never carry the lab's tunnels (swanctl.conf.j2).
+        mobike=False,
     )
     wanted = [role for role in VM_FILES
               if role not in (NONE_ONLY_FILES if kube.mode == "kubeadm" else KUBEADM_ONLY_FILES)]
