@@ -76,7 +76,11 @@ def leftovers(lab: str) -> list[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if any(m in cmd for m in marks):
+        try:  # an orphaned `vagrant up` names the lab only in its environment
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            env = b""
+        if any(m in cmd for m in marks) or f"IPSEC_LAB={lab}\0".encode() in env:
             left.append(f"process {pid}: {cmd.replace(bytes(1), b' ')[:100]!r}")
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     if str(files.dir) in loops:

@@ -144,7 +144,8 @@ def ssh_lab(tmp_path_factory):
         mp.delenv("VAGRANT_DEFAULT_PROVIDER", raising=False)
         vb = VagrantBackend(vlab, Reporter(), host=vp.HostFacts(
             vagrant=str(bindir / "vagrant"), mem_available_mb=32000,
-            provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vp.VIRTUALBOX_HOSTONLY]))
+            provider_problems={"virtualbox": None, "libvirt": None}, vbox_networks=[vp.VIRTUALBOX_HOSTONLY],
+            system_libvirtd=True), node_mode="kubeadm")  # the replayed recordings: kubeadm on a laptop's libvirtd
         # replayed `vagrant destroy`, closes the SSH connections, removes the lab's files
         stack.callback(lambda: vb.exists() and vb.down())
         # Replayed `vagrant up`; then the backend waits for the mesh over SSH: the real one.

@@ -221,6 +221,8 @@ class VagrantBackend(Backend):
             try:
                 text = path.read_text()
             except OSError:
+                if not self.files.spec_file.exists():  # the lab is gone (down): never start Vagrant for it
+                    raise NotFoundError(f"lab {self.lab!r} is not up") from None
                 text = str(self._run_vagrant(f"ssh-config {node}", lambda v: v.ssh_config(vm_name=node)))
                 labstate.write_file(path, text, 0o600)
             self._ssh_configs[node] = text
@@ -231,18 +233,21 @@ class VagrantBackend(Backend):
         self.shells.forget(node)
 
     def machine_states(self) -> dict[str, str]:
-        """node -> "running", "shutoff", ...: from the lab's own libvirtd (quick), else `vagrant status`."""
+        """node -> "running", "shutoff", "not_created": from libvirt where the lab knows it (one
+        `virsh list`, quick), else `vagrant status`."""
         lv = self._libvirt_settings()
-        if lv.get("own"):
-            libvirt = self._private_libvirt()
-            if not libvirt.running():
+        if lv.get("uri"):
+            if lv.get("own") and not self._private_libvirt().running():
                 return {}
-            prefix = f"ipsec-lab-{self.lab}-"
-            out: dict[str, str] = {}
-            for n in self.spec().node_list():
-                cp = libvirt.virsh("domstate", prefix + n.name, check=False, timeout=15)
-                out[n.name] = cp.stdout.strip().replace("shut off", "shutoff") if cp.returncode == 0 else "not_created"
-            return out
+            cp = self._libvirt_virsh("list", "--all")
+            if cp.returncode == 0:
+                states = {}
+                for line in cp.stdout.splitlines()[2:]:  # " Id   Name   State" and a rule first
+                    bits = line.split(None, 2)
+                    if len(bits) == 3:
+                        states[bits[1]] = bits[2].strip().replace("shut off", "shutoff")
+                prefix = f"ipsec-lab-{self.lab}-"
+                return {n.name: states.get(prefix + n.name, "not_created") for n in self.spec().node_list()}
         return {s.name: s.state for s in self._run_vagrant("status", lambda v: v.status())}
 
     # ------------------------------------------------------------------ lab records
@@ -532,31 +537,42 @@ class VagrantBackend(Backend):
         return list(doc)
 
     def _node_pods(self, node: str) -> list[Pod]:
+        return self._pods_from_list(node, self._nodepods(node, "list", timeout=20))
+
+    @staticmethod
+    def _pods_from_list(node: str, listed: list[dict[str, Any]]) -> list[Pod]:
         return [Pod(name=p["name"], node=node, ip=p.get("ip") or "", restarts=int(p.get("restarts", 0)),
                     created=float(p.get("created", 0.0)), netns=p.get("netns") or "",
                     state="Running" if p.get("ip") else "Pending")
-                for p in self._nodepods(node, "list", timeout=20)]
+                for p in listed]
 
-    def _ipam_used(self, node: str) -> int:
-        res = self.exec(node, ["sh", "-c", "ls /run/cni/networks/ipsec-lab 2>/dev/null || true"], timeout=10)
-        return sum(1 for f in res.stdout.split() if f[:1].isdigit())
+    def _probe(self, node: str) -> dict[str, str]:
+        """The node's status sections (commands.node_probe), one SSH round trip."""
+        pods = [*NODEPODS, "list"] if self.node_mode == "none" else None
+        res = self.exec(node, commands.node_probe(pods), timeout=20)
+        return parsers.sections(res.stdout)
 
     def status(self) -> LabStatus:
         spec = self.spec()
         machines = self.machine_states()
         running = {n.name for n in spec.node_list() if machines.get(n.name) == "running"}
-        reach = self._parallel_nodes(spec, lambda n: self._ipam_used(n) if n in running else LabError("not running"))
-        reachable = {n for n in running if not isinstance(reach.get(n), Exception)}
-        tunnels = self._tunnels(spec, reach)
+        probes = self._parallel_nodes(spec, lambda n: self._probe(n) if n in running else LabError("not running"))
+        seen: dict[str, dict[str, str]] = {n: p for n, p in probes.items() if isinstance(p, dict)}
+        tunnels: list[TunnelStatus] = []
+        for n in spec.node_list():
+            sec = seen.get(n.name, {})
+            sas = parsers.parse_swanctl_raw(sec["sas"]) if sec.get("charon", "").strip() and "sas" in sec else None
+            tunnels.extend(tunnel_statuses(spec.tunnels_of(n), sas))
         ready: dict[str, bool] | None = None
         pods: list[Pod] = []
         services: list[Service] = []
         if self.node_mode == "none":
-            by_node = self._parallel_nodes(spec, lambda n: self._node_pods(n) if n in reachable else [])
-            pods = [p for n in spec.node_list() for p in (by_node[n.name] if isinstance(by_node[n.name], list) else [])]
+            for n in spec.node_list():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    pods += self._pods_from_list(n.name, json.loads(seen[n.name]["pods"]))
             svc = self._service()
             services = [svc] if svc else []
-        elif spec.node(1).name in reachable:
+        elif spec.node(1).name in seen:
             try:
                 ready = parsers.ready_nodes_from_kubectl(self._kubectl_json("get", "nodes"))
                 pods = self._pods()
@@ -566,11 +582,11 @@ class VagrantBackend(Backend):
                 self.reporter.line(f"kubectl on {spec.node(1).name}: {exc}", stream="stderr", source="actions")
         nodes = []
         for n in spec.node_list():
-            ipsec_up = any(t.node == n.name and t.ike_state != "DOWN" for t in tunnels) or (
-                n.name in reachable and self._charon_answers(n.name))
+            sec = seen.get(n.name, {})
+            age = sec.get("charon", "").strip()
             if n.name not in running:
                 state = "down"
-            elif n.name not in reachable:
+            elif n.name not in seen:
                 state = "booting"
             elif ready is None:
                 state = "ready"  # reachable, and no Kubernetes answer to go by
@@ -578,9 +594,10 @@ class VagrantBackend(Backend):
                 state = "ready" if ready.get(n.name) else "booting"
             nodes.append(NodeStatus(
                 name=n.name, ip=str(n.underlay_ip), pod_cidr=str(n.pod_cidr), state=state,
-                ipsec_state="running" if ipsec_up else "stopped", ipsec_uptime=None,
+                ipsec_state="running" if age else "stopped",
+                ipsec_uptime=float(age) if age.isdigit() else None,
                 pods=sum(p.node == n.name for p in pods),
-                ipam_used=reach[n.name] if isinstance(reach.get(n.name), int) else 0,
+                ipam_used=sum(1 for f in sec.get("ipam", "").split() if f[:1].isdigit()),
             ))
         return LabStatus(self.lab, self.name, DATAPATH, nodes, tunnels, pods, services,
                          hypervisor=self.hypervisor_summary)

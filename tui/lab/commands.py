@@ -179,6 +179,20 @@ def read_file_from(path: str, offset: int, limit: int = 1 << 20) -> Argv:
                         'tail -c +$((o + 1)) "$1" 2>/dev/null | head -c "$3"', "read", path, str(offset), str(limit)]
 
 
+def node_probe(pods_list: Sequence[str] | None = None) -> Argv:
+    """A VM node's status in one round trip, as "@@name" sections (parsers.sections): the IPAM
+    files host-local holds, charon's age in seconds (empty: not running), its SAs (raw), and,
+    where the node keeps its own pods, their list (`pods_list` prints it as JSON)."""
+    parts = [
+        "echo @@ipam; ls /run/cni/networks/ipsec-lab 2>/dev/null",
+        'echo @@charon; p=$(cat /run/charon.pid 2>/dev/null) && ps -o etimes= -p "$p" 2>/dev/null',
+        f"echo @@sas; {shlex.join(swanctl_list_sas(raw=True))} 2>/dev/null",
+    ]
+    if pods_list:
+        parts.append(f"echo @@pods; {shlex.join(pods_list)} 2>/dev/null")
+    return sh("; ".join(parts) + "; true")
+
+
 def sh(script: str, *args: str) -> Argv:
     """A shell script as an argv ($1... are `args`)."""
     return ["sh", "-c", script, *(["sh", *args] if args else [])]

@@ -92,3 +92,16 @@ def ready_nodes_from_kubectl(doc: dict[str, Any]) -> dict[str, bool]:
         out[item.get("metadata", {}).get("name", "?")] = any(
             c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
     return out
+
+
+def sections(text: str) -> dict[str, str]:
+    """The "@@name" sections of commands.node_probe's output: name -> its text."""
+    out: dict[str, str] = {}
+    name: str | None = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("@@") and line.strip()[2:].isidentifier():
+            name = line.strip()[2:]
+            out[name] = ""
+        elif name is not None:
+            out[name] += line
+    return out
