@@ -198,7 +198,7 @@ async def test_fake_d_on_tunnels_takes_the_selected_tunnel_down_and_reports_the_
         await until(pilot, lambda: app.busy is None and calls_of(app, "tunnel_down"), 15, "the action")
         assert calls_of(app, "tunnel_down") == [("tunnel_down", "kube-node2", "mesh-right")]
         # the ping across the pair runs from the peer to kube-node2's cni0 (10.128.2.1)
-        pings = [c for c in calls_of(app, "exec") if c[2][0] == "ping"]
+        pings = [c for c in calls_of(app, "stream") if c[2][0] == "ping"]
         assert [(c[1], c[2][-1]) for c in pings] == [("kube-node3", "10.128.2.1")], pings
         await until(pilot, lambda: "no watched SA changed" in text_of(app, "#tunnel-events"), 10, "the summary")
         assert app.last_fault.startswith("kube-node2 mesh-right: swanctl --terminate --ike mesh-right")
@@ -226,7 +226,7 @@ async def test_fake_r_and_i_on_nodes_act_on_the_selected_node(key, call):
         assert app.last_fault.startswith(("reboot kube-node2: kube-node2 rebooted",
                                           "restart IPsec on kube-node2: charon restarted")), app.last_fault
         # every tunnel end to or from kube-node2 was watched; the ping runs from kube-node1
-        pings = [c for c in calls_of(app, "exec") if c[2][0] == "ping"]
+        pings = [c for c in calls_of(app, "stream") if c[2][0] == "ping"]
         assert [(c[1], c[2][-1]) for c in pings] == [("kube-node1", "10.128.2.1")], pings
 
 

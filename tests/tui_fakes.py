@@ -88,6 +88,11 @@ class FakeBackend(Backend):
         self.calls.append(("exec", node, tuple(argv)))
         return Result(tuple(argv), 1, "", "fake backend")
 
+    def stream(self, node, argv, *, stderr_to_parent=False):
+        """A command that prints nothing and has ended (exit 1), recorded like exec."""
+        self.calls.append(("stream", node, tuple(argv)))
+        return _Ended()
+
     def pod_exec(self, pod, argv, *, timeout=30.0) -> Result:
         return Result(tuple(argv), 1, "", "fake backend")
 
@@ -190,3 +195,19 @@ def make_app(mode: str = "nodes", status: LabStatus | None = None, **kw):
     app.set_reactive(IpsecLabApp.check_results, {r.name: r for r in FAKE_RESULTS})
     return app
 
+
+
+class _Ended:
+    """Backend.stream's result for a command that ended at once without output."""
+
+    def lines(self):
+        return iter(())
+
+    def poll(self) -> int:
+        return 1
+
+    def wait(self, timeout=None) -> int:
+        return 1
+
+    def stop(self) -> None:
+        pass

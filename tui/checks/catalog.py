@@ -31,9 +31,10 @@ from .base import Check, CheckContext, FaultWatch, Measurement, Verdict
 # against the measured figures so a busy CI machine does not flake; every result prints its bound.
 # - namespaces: tens to hundreds of milliseconds measured (README, "Figures").
 # - VMs: the same for the IPsec faults, since charon and the kernel do the same work; a VM reboot
-#   is a real one, under QEMU's emulation here: firmware, kernel, systemd, sshd, charon. Measured
-#   on this machine kind (README, "Figures: real VMs"): VM_REBOOT_MEASURED_S.
-VM_REBOOT_MEASURED_S = 45.0
+#   is a real one, under QEMU's emulation here: shutdown, firmware, kernel, systemd, the boot unit,
+#   charon. Its data-plane gap measured 64, 76, 102 and 115 s on this machine kind (3 VMs under TCG
+#   on 2 cores; README, "Figures (3 VMs...)"): the bound is twice the median, 2 x 89 s.
+VM_REBOOT_MEASURED_S = 89.0
 BOUNDS: dict[str, dict[str, float]] = {
     "namespace": {"tunnel-down": 2.0, "ipsec-restart": 5.0, "node-reboot": 10.0, "outage-recovery": 15.0},
     "vm": {"tunnel-down": 2.0, "ipsec-restart": 5.0, "node-reboot": 2 * VM_REBOOT_MEASURED_S, "outage-recovery": 15.0},
