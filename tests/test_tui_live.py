@@ -131,3 +131,40 @@ def test_cli_fault_commands_report_the_gap_and_the_new_sa(cli_lab, args, first_l
     assert new_sa in {t.detail.get("ike_spi_local") for t in ends}, (new_sa, ends)
     assert new_sa not in before.values()
     wait_for(lambda: cli_lab.status().all_tunnels_up, 20, what="the mesh back")
+
+
+def test_the_fault_watch_outlasts_a_fault_longer_than_its_deadline():
+    """A VM reboot takes longer than the watch's own deadline: the watch goes on until the fault
+    is over, then up to `after_injected` more, and sees the tunnel come back (found on real VMs:
+    "NOT back yet" after a 137-s reboot whose mesh was whole again)."""
+    import threading
+    import time as _time
+
+    from tui.lab.status import LabStatus, TunnelStatus
+    from tui.live.fault import watch_tunnels
+
+    phase = {"now": "up"}
+    injected = threading.Event()
+
+    class Stub:
+        def status(self) -> LabStatus:
+            if phase["now"] == "ending":  # a VM's status takes seconds: the fault ends during one,
+                injected.set()  # and the tunnel is back only some samples later
+                phase["now"] = "down"
+                threading.Timer(0.5, lambda: phase.update(now="up")).start()
+            state = ("ESTABLISHED", "INSTALLED") if phase["now"] == "up" else ("DOWN", "DOWN")
+            spi = {"ike_spi_local": "a" if phase["now"] == "up" else ""}
+            return LabStatus("x", "stub", "kernel-xfrm", [], [TunnelStatus("n1", "mesh-left", "n2", *state, detail=spi)],
+                             [], [])
+
+    def fault() -> None:  # down at once; over after 0.6 s, past the watch's own deadline
+        phase["now"] = "down"
+        _time.sleep(0.6)
+        phase["now"] = "ending"
+
+    t = threading.Thread(target=fault)
+    t.start()
+    result = watch_tunnels(Stub(), [("n1", "mesh-left")], until=_time.monotonic() + 0.3, injected=injected,
+                           after_injected=1.0, interval=0.01)
+    t.join()
+    assert result.seen_down and result.recovered

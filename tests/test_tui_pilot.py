@@ -346,7 +346,10 @@ async def test_the_logs_show_each_charon_line_once_also_across_a_reboot(lab):
         assert not twice, f"{len(twice)} charon lines shown more often than the log has them: {twice[:3]}"
         started = [t for t in lines[before:] if "charon" in t.lower() and "starting" in t.lower()]
         assert started, f"no line of the rebooted charon starting was shown: {lines[before:][:5]}"
-        assert lines == in_file[-len(lines):], "the shown lines are not the log's last lines in order"
+        # charon may have written more since the last tail poll: the shown lines are the log's lines
+        # in order, up to some point at its end.
+        ends = [n for n in range(len(in_file), len(lines) - 1, -1) if in_file[n - len(lines):n] == lines]
+        assert ends and len(in_file) - ends[0] <= 20, "the shown lines are not the log's last lines in order"
 
 
 @pytest.mark.timeout(30)

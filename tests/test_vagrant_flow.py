@@ -189,6 +189,10 @@ def test_ssh_config_of_a_machine_not_ready_is_one_line(fake):
     stderr; the backend says it in one line."""
     rec = Recorder()
     b = make_backend("vgsshc", rec)
+    with pytest.raises(LabError, match="lab 'vgsshc' is not up"):
+        b._ssh_config("kube-node1")  # no lab: Vagrant is not even asked (it would make the lab's folder)
+    assert calls(fake) == [] and not b.files.dir.exists()
+    vf.write_lab_files(LabSpec.build("vgsshc", 3), b.files, mode="kubeadm")
     with pytest.raises(LabError) as err:
         b._ssh_config("kube-node1")
     assert str(err.value) == ("vagrant ssh-config kube-node1 failed: The provider for this Vagrant-managed machine "

@@ -69,11 +69,11 @@ def watch_tunnels(backend: "Backend", ends: Sequence[tuple[str, str]], *, until:
     prev_sample_at = time.monotonic()
     old_spi = new_spi = ""
     while not (stop and stop.is_set()):
-        if injected is not None and injected.is_set() and injected_at is None:
-            injected_at = time.monotonic()
+        if injected is not None and injected.is_set():  # (also when it was set during a sample)
+            injected_at = injected_at or time.monotonic()
             until = max(until, injected_at + after_injected)
-        if time.monotonic() >= until:
-            break
+        if time.monotonic() >= until and (injected is None or injected.is_set()):
+            break  # (never while the fault is still being injected: a VM reboot can outlast `until`)
         try:
             st = backend.status()
         except Exception:  # a node in the middle of a reboot: try again
