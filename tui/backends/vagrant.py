@@ -120,6 +120,7 @@ class VagrantBackend(Backend):
         self.shells = NodeShells(self._ssh_config, netns=self._netns)
         self._ssh_configs: dict[str, str] = {}
         self._libvirt: dict[str, Any] | None = None
+        self._pod_nodes: dict[str, str] = {}  # pod -> node, from the last listing (node mode none)
 
     # ------------------------------------------------------------------ node mode, hypervisor
     @property
@@ -484,12 +485,22 @@ class VagrantBackend(Backend):
             raise LabError(f"{path} on {node} is not JSON") from None
 
     def pod_exec(self, pod: str, argv: Sequence[str], *, timeout: float = 30.0) -> Result:
-        pods = {p.name: p for p in self._pods()}
-        if pod not in pods:
-            raise NotFoundError(f"no pod named {pod!r}; `ipsec-lab status` lists the pods")
-        if self.node_mode == "none":
-            return self.exec(pods[pod].node, [*NODEPODS, "exec", pod, "--", *argv], timeout=timeout)
-        return self.kubectl("exec", pod, "--", *argv, timeout=timeout, check=False)
+        if self.node_mode != "none":
+            if pod not in {p.name for p in self._pods()}:
+                raise NotFoundError(f"no pod named {pod!r}; `ipsec-lab status` lists the pods")
+            return self.kubectl("exec", pod, "--", *argv, timeout=timeout, check=False)
+        # Where each pod lives, from the last listing (the checks run many of these at once: one
+        # listing of every node per call cost three SSH rounds each, and timed out under load).
+        for fresh in (False, True):
+            if fresh or pod not in self._pod_nodes:
+                self._pod_nodes = {p.name: p.node for p in self._pods()}
+            node = self._pod_nodes.get(pod)
+            if node is None:
+                continue
+            res = self.exec(node, [*NODEPODS, "exec", pod, "--", *argv], timeout=timeout)
+            if res.returncode != 2 or "no pod" not in res.stderr:  # 2: not on that node (any more)
+                return res
+        raise NotFoundError(f"no pod named {pod!r}; `ipsec-lab status` lists the pods")
 
     # ------------------------------------------------------------------ status
     def _parallel_nodes(self, spec: LabSpec, fn: Callable[[str], Any]) -> dict[str, Any]:
@@ -512,8 +523,10 @@ class VagrantBackend(Backend):
     def _pods(self) -> list[Pod]:
         if self.node_mode == "none":
             by_node = self._parallel_nodes(self.spec(), self._node_pods)
-            return [p for n in self.spec().node_list() if not isinstance(by_node[n.name], Exception)
-                    for p in by_node[n.name]]
+            failed = next((v for v in by_node.values() if isinstance(v, Exception)), None)
+            if failed is not None:  # never a partial list: deploy would place pods twice
+                raise failed
+            return [p for n in self.spec().node_list() for p in by_node[n.name]]
         return parsers.pods_from_kubectl(self._kubectl_json("get", "pods", "-l", APP_LABEL))
 
     def _service(self) -> Service | None:
