@@ -188,7 +188,7 @@ def test_three_vms_the_seeds_way_faults_checks_and_nothing_left(vm_lab, request,
     assert {r["outcome"] for r in doc["checks"]} == {"passed"}, [(r["name"], r["detail"]) for r in doc["checks"]]
     xml = junit.read_text()
     assert xml.count("<testcase") == len(doc["checks"]) and "<failure" not in xml and "<error" not in xml
-    figures.append(f"check suite: {len(doc['results'])} checks passed in {checks_s:.0f} s")
+    figures.append(f"check suite: {len(doc['checks'])} checks passed in {checks_s:.0f} s")
     for r in doc["checks"]:
         if r["name"].startswith("recover-"):
             figures.append(f"  {r['name']}: {r['detail']}")
