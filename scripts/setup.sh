@@ -36,6 +36,8 @@ LAB_PACKAGES=(
     containernetworking-plugins iproute2 iptables tcpdump curl iputils-ping procps util-linux mount
     # the Python the app runs on, and the trust store pip needs
     python3 python3-venv ca-certificates
+    # `ipsec-lab web` serves DejaVu Sans Mono to browsers, for the glyphs Roboto Mono lacks
+    fonts-dejavu-core
 )
 # What the Vagrant backend's VMs need on this machine: Vagrant with its libvirt provider, QEMU and
 # a libvirt the lab can run itself (no systemd needed), and what builds the offline box from
@@ -46,9 +48,11 @@ VM_PACKAGES=(
     mmdebstrap e2fsprogs fdisk grub-pc-bin grub2-common
 )
 # What only the tests use: the TUI test drives the app in tmux, the Vagrant backend's tests run
-# `vagrant validate` and a real sshd, and the fresh-machine test builds a Debian root.
+# `vagrant validate` and a real sshd, the fresh-machine test builds a Debian root, and the web
+# test opens `ipsec-lab web` in Debian's Chromium (Playwright drives it; it downloads no browser)
+# and reads the served fonts' coverage with fontconfig.
 TEST_PACKAGES=(
-    tmux shellcheck openssh-server git "${VM_PACKAGES[@]}"
+    tmux shellcheck openssh-server git chromium fontconfig "${VM_PACKAGES[@]}"
 )
 
 wanted=("${LAB_PACKAGES[@]}")

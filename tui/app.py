@@ -34,7 +34,7 @@ from .live.palette import palette_entries
 from .live.reach import Reachability
 from .messages import (ActionDone, CheckDone, CurlReplied, FaultChanged, LabReady, PhaseChanged, ProgressChanged,
                        StatusFailed, StatusUpdated, TutorialChanged)
-from .screens.actions import LabActions
+from .screens.actions import CHANGES_THE_LAB, LabActions
 from .screens.base import LabScreen
 from .screens.checks import ChecksScreen, load_catalog
 from .screens.commands import LabCommands
@@ -120,9 +120,15 @@ class IpsecLabApp(LabActions, App[str]):
         catalog_loader: Callable[[], tuple[list | None, str]] = load_catalog,
         check_runner: Callable[..., object] | None = None,
         tutorial=None,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
         self.tutorial = tutorial  # a tui.tutorial.session.TutorialSession in tutorial mode
+        # A view for watchers (`ipsec-lab web --read-only`): no action, shell, fault or check is offered
+        # (check_action hides their keys, the palette leaves them out, and each action refuses).
+        self.read_only = read_only
+        if read_only and tutorial is not None:
+            raise ValueError("the tutorial acts on the lab; it has no read-only view")
         self.backend = backend
         self.lab_name = backend.lab
         self.nodes_wanted = nodes
@@ -160,10 +166,12 @@ class IpsecLabApp(LabActions, App[str]):
         self._set_subtitle()
         if self.initial_mode and self.initial_mode != self.DEFAULT_MODE:
             self.switch_mode(self.initial_mode)
-        if self.bring_up:
+        if self.bring_up and not self.read_only:
             self.start_lab()
         elif self.status is None and self.backend.exists():
             self._start_live()
+        elif self.status is None:
+            self.phase_text = f"lab {self.lab_name} is not running"
 
     def on_unmount(self) -> None:
         self._stop.set()
@@ -172,7 +180,8 @@ class IpsecLabApp(LabActions, App[str]):
     def _set_subtitle(self) -> None:
         dp = self.status.datapath if self.status else "…"
         vm = f" · {self.status.hypervisor}" if self.status and self.status.hypervisor else ""
-        self.sub_title = f"lab {self.lab_name} · backend {self.backend.name} · data path {dp}{vm}"
+        ro = " · read-only" if self.read_only else ""
+        self.sub_title = f"lab {self.lab_name} · backend {self.backend.name} · data path {dp}{vm}{ro}"
 
     def log_line(self, source: str, text: str, node: str | None = None, stream: str = "stdout") -> None:
         self.logs.add(source, text, node=node, stream=stream)
@@ -342,6 +351,8 @@ class IpsecLabApp(LabActions, App[str]):
 
     # ------------------------------------------------------------------ tutorial mode
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in CHANGES_THE_LAB:
+            return False  # hidden from the footer and the help, and its key does nothing
         if action.startswith("tutorial_"):
             return self.tutorial is not None
         return True
@@ -353,18 +364,25 @@ class IpsecLabApp(LabActions, App[str]):
 
     # ------------------------------------------------------------------ app-level actions
     def action_bring_up(self) -> None:
+        if self.refuse_if_read_only("bring the lab up"):
+            return
         if self.backend.exists():
             self.notify(f"lab {self.lab_name} is already up")
             return
         self.start_lab()
 
     def action_request_quit(self) -> None:
+        if self.read_only:  # a watcher may leave, never stop the lab
+            self.exit("leave")
+            return
         self.push_screen(QuitScreen(self.lab_name), lambda choice: self.exit(choice) if choice else None)
 
     async def action_quit(self) -> None:
         self.exit("leave")
 
     def action_stop_lab(self) -> None:
+        if self.refuse_if_read_only("stop the lab"):
+            return
         self.confirm(f"Stop lab {self.lab_name} and quit?",
                      "Every namespace, process and file of the lab is removed.", lambda: self.exit("stop"),
                      confirm="Stop lab")
@@ -398,7 +416,8 @@ class IpsecLabApp(LabActions, App[str]):
         """(title, help, callback) of every entry of tui/live/palette.py, for the palette's provider."""
         catalog, _ = self.load_catalog()
         return [(e.title, e.help, partial(self.run_palette_entry, e.action, e.args))
-                for e in palette_entries(self.lab_name, self.status, catalog or [])]
+                for e in palette_entries(self.lab_name, self.status, catalog or [])
+                if not (self.read_only and e.action in CHANGES_THE_LAB)]
 
     def run_palette_entry(self, action: str, args: tuple[object, ...]) -> object:
         if action == "quit":

@@ -13,6 +13,7 @@ from .backends.registry import get_backend, lab_backend_name
 from .exitcodes import ExitCode
 from .lab import preflight
 from .lab.events import Reporter
+from .lab.errors import UsageError
 from .lab.model import LabSpec, node_count
 
 
@@ -23,8 +24,10 @@ def run_tui(args: argparse.Namespace) -> int:
     lab = args.lab
     nodes = node_count(args.nodes)
     LabSpec.build(lab, nodes)  # bad input is a usage error before the screen is taken over
+    if args.read_only and getattr(args, "tutorial", False):
+        raise UsageError("--tutorial and --read-only: the tutorial acts on the lab, so it has no read-only view")
     backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter(), node_mode=args.kubernetes)
-    if not backend.exists():
+    if not backend.exists() and not args.read_only:
         preflight.require(backend.doctor())  # a missing package is one line before the screen is taken
     tutorial = None
     if getattr(args, "tutorial", False):
@@ -32,9 +35,15 @@ def run_tui(args: argparse.Namespace) -> int:
 
         tutorial = TutorialSession(backend)
     # In tutorial mode deploying is a step of its own, so a new lab starts without pods.
-    app = IpsecLabApp(backend, nodes=nodes, tutorial=tutorial, deploy_replicas=0 if tutorial else 9)
+    app = IpsecLabApp(backend, nodes=nodes, tutorial=tutorial, deploy_replicas=0 if tutorial else 9,
+                      read_only=args.read_only)
     choice = app.run()
     app._stop.set()
+    if args.web_session:  # a browser tab of `ipsec-lab web`: its stdout is the web driver's pipe, no place for text
+        if choice == "stop":
+            backend.reporter = Reporter()
+            backend.down()
+        return int(app.return_code or 0)
     if choice == "stop":
         out.print(f"stopping lab [bold]{lab}[/] …")
         backend.reporter = Reporter()

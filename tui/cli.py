@@ -58,6 +58,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", dest="json_path", metavar="PATH", help="with --run-checks: write JSON results")
     p.add_argument("--keep", action="store_true", help="with --run-checks: keep the lab up afterwards")
     p.add_argument("-q", "--quiet", action="store_true", help="print steps, not every provisioning line")
+    p.add_argument("--read-only", action="store_true",
+                   help="open the TUI as a view: no action, shell, fault or check is offered")
+    p.add_argument("--web-session", action="store_true", help=argparse.SUPPRESS)  # a tab of `ipsec-lab web`
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     up = sub.add_parser("up", help="bring a lab up")
@@ -97,6 +100,13 @@ def build_parser() -> ArgumentParser:
     ri.add_argument("node")
     rb = sub.add_parser("reboot", help="reboot a node (processes, namespace and /run wiped, booted again)")
     rb.add_argument("node")
+    web = sub.add_parser("web", help="serve the TUI to browsers (each tab its own session on the lab)")
+    web.add_argument("--lab", dest="web_lab", default=None, help="the lab (default: the global --lab)")
+    web.add_argument("--tutorial", dest="web_tutorial", action="store_true", help="serve the tutorial")
+    web.add_argument("--read-only", dest="web_read_only", action="store_true",
+                     help="serve a view: no action, shell, fault or check (for a class watching)")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
     return p
 
 
@@ -218,6 +228,42 @@ def fault_command(backend: Backend, args: argparse.Namespace) -> int:
     return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
 
 
+def web_command(backend: Backend, args: argparse.Namespace) -> int:
+    """Bring the lab up if it is not running (here, where its progress prints), then serve it."""
+    from . import web  # noqa: PLC0415  (aiohttp and textual-serve only for this command)
+
+    tutorial, read_only = args.web_tutorial or args.tutorial, args.web_read_only or args.read_only
+    if tutorial and read_only:
+        raise UsageError("--tutorial and --read-only: the tutorial acts on the lab, so it has no read-only view")
+    web.check_ready(args.host, args.port)
+    if not backend.exists():
+        preflight.require(backend.doctor())
+        nodes = node_count(args.nodes)
+        out.print(f"no lab [bold]{args.lab}[/] is running: bringing one up ({nodes} nodes) before serving it")
+        backend.up(LabSpec.build(args.lab, nodes))
+        if not tutorial:  # as the TUI does: the tutorial deploys in a step of its own
+            backend.deploy(9)
+    cfg = web.WebConfig(lab=args.lab, argv=web.session_argv(args.lab, backend.name, tutorial=tutorial,
+                                                            read_only=read_only),
+                        host=args.host, port=args.port, read_only=read_only)
+    if not web.is_loopback(args.host):
+        err.print(f"ipsec-lab web: WARNING: listening on {args.host}, not this machine only: anyone who can reach "
+                  f"port {args.port} and has the token gets " + ("a view of the lab" if read_only else
+                  "a root console (node shells, faults, the lab's stop)") + "; --read-only serves a view only",
+                  markup=False)
+    mode = "read-only view" if read_only else ("tutorial" if tutorial else "full console, as root")
+    out.print(f"ipsec-lab web: lab [bold]{args.lab}[/] ({backend.name}), {mode}; each browser tab is its own session")
+    out.print(f"  open [bold]{cfg.url()}[/]", soft_wrap=True)
+    out.print("  Ctrl+C stops the server and every session it started; the lab keeps running "
+              f"(`ipsec-lab --lab {args.lab} down` stops it).", style="dim")
+    try:
+        web.serve(cfg, say=lambda line: out.print(f"  {line}", style="dim", markup=False))
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; choose --host/--port")
+    out.print(f"ipsec-lab web: stopped; lab {args.lab} is still running")
+    return ExitCode.OK
+
+
 def run_command(args: argparse.Namespace) -> int:
     reporter = Reporter(ConsoleSink(out, quiet=args.quiet))
     cmd = args.command
@@ -227,6 +273,8 @@ def run_command(args: argparse.Namespace) -> int:
         for lab in list_labs():
             out.print(lab)
         return ExitCode.OK
+    if cmd == "web" and args.web_lab:
+        args.lab = args.web_lab
     backend: Backend = get_backend(lab_backend_name(args.lab, args.backend), args.lab, reporter,
                           node_mode=args.kubernetes)
 
@@ -297,6 +345,8 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if cmd in ("tunnel-down", "restart-ipsec", "reboot"):
         return fault_command(backend, args)
+    if cmd == "web":
+        return web_command(backend, args)
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
         return ExitCode.OK

@@ -36,6 +36,13 @@ SHELL = ["bash", "--norc", "--noprofile", "-i"]
 class LabActions(_Base):
     """action_* of the lab; `self` is the IpsecLabApp."""
 
+    def refuse_if_read_only(self, what: str) -> bool:
+        """True (and a notice) in a read-only view: the last guard behind check_action, for the paths
+        that call an action directly (a row selected, a button)."""
+        if self.read_only:
+            self.notify(f"read-only view: cannot {what}", severity="warning")
+        return self.read_only
+
     def _node(self, node: str | None) -> str | None:
         screen = self.active_lab_screen()
         node = node or (screen.selected_node if screen else None)
@@ -64,6 +71,8 @@ class LabActions(_Base):
 
     def start_action(self, title: str, fn: Callable[[], str]) -> None:
         """Run `fn` (blocking, in a thread); its return value is the one-line outcome."""
+        if self.refuse_if_read_only(title):
+            return
         if self.busy:
             self.notify(f"busy: {self.busy}; wait until it finishes", severity="warning")
             return
@@ -85,6 +94,9 @@ class LabActions(_Base):
 
     def confirm(self, title: str, body: str, then: Callable[[], None], *, confirm: str = "Do it",
                 command: str | None = None) -> None:
+        if self.refuse_if_read_only(title.rstrip("?").lower()):
+            return
+
         def done(ok: bool | None) -> None:
             if ok:
                 then()
@@ -136,6 +148,8 @@ class LabActions(_Base):
                            lambda: (self.backend.restart_ipsec(node), "charon restarted")[1])
 
     def action_shell(self, node: str | None = None) -> None:
+        if self.refuse_if_read_only("open a shell"):
+            return
         node = self._node(node)
         if not node:
             return
@@ -264,6 +278,8 @@ class LabActions(_Base):
         self.start_action(f"curl {url} from {node}", run)
 
     def action_run_checks(self, name: str | None = None) -> None:
+        if self.refuse_if_read_only("run checks"):
+            return
         catalog, why = self.load_catalog()
         if catalog is None:
             self.show_error("check suite not available", why)
@@ -301,7 +317,7 @@ class LabActions(_Base):
         finally:
             self.post_message(CheckDone(None))
 
-    def _tutorial_ready(self) -> bool:
+    def _tutorial_ready(self) -> bool:  # a read-only app has no tutorial (IpsecLabApp refuses both)
         if self.tutorial is not None and self.tutorial_busy:
             self.notify(f"busy: {self.tutorial_busy}", severity="warning")
         return self.tutorial is not None and not self.tutorial_busy
@@ -341,3 +357,11 @@ class LabActions(_Base):
         if self.tutorial is not None:
             self.confirm("Restart the tutorial?", "Your progress on this lab is forgotten; the lab itself stays as it is.",
                          lambda: self.action_tutorial_move("restart"), confirm="Restart")
+
+
+# Every action of this mixin acts on the lab or a node (a fault, a shell, a pod, a check, the
+# tutorial), and so do the app's own bring_up and stop_lab: a read-only view offers none of them.
+# Derived, so that a new action is read-only-safe by default: it is hidden until it is proven harmless.
+CHANGES_THE_LAB = frozenset(
+    {name.removeprefix("action_") for name in vars(LabActions) if name.startswith("action_")} | {"bring_up", "stop_lab"}
+)

@@ -92,7 +92,8 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
         s.append(f" · {skipped} skipped")
         if app.checks_running:
             s.append("  ⏳ running", style="bold yellow")
-        s.append("   a run all · enter run selected", style="dim")
+        if not app.read_only:
+            s.append("   a run all · enter run selected", style="dim")
         self.query_one("#checks-summary", Static).update(s)
         self._show_detail()
 
@@ -128,6 +129,9 @@ fault (the lab recovers by itself). The same suite runs headless with `ipsec-lab
                 for m in r.measurements:
                     t.append(f"  {m.name}: {m.value:g} {m.unit}\n", style="cyan")
         self.query_one("#check-detail", Static).update(t)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action == "run_selected" and self.lab_app.read_only)
 
     def action_run_selected(self) -> None:
         name = self.selected_check

@@ -80,5 +80,6 @@ A node here is a network namespace with its own charon; **reboot** wipes its pro
         t.append(f"  cni0 {node.pod_cidr.rsplit('.', 1)[0]}.1 · tunnels {up}/{len(tunnels)} up: ")
         for tun in tunnels:
             t.append(f"{tun.name}→{tun.peer} ", style="green" if tun.up else "red bold")
-        t.append("\nr reboot · i restart IPsec · s shell (exit the shell to come back)", style="dim")
+        if not self.lab_app.read_only:
+            t.append("\nr reboot · i restart IPsec · s shell (exit the shell to come back)", style="dim")
         self.query_one("#node-detail", Static).update(t)

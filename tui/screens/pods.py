@@ -79,7 +79,8 @@ NodePort on every node · **c** curls the selected pod from a node you choose an
             for s in status.services:
                 t.append(f" · service {s.name}: {s.type} port {s.port} → node port {s.node_port} on every node")
             if not status.services:
-                t.append(" · not exposed (e exposes a NodePort)", style="dim")
+                t.append(" · not exposed" + ("" if self.lab_app.read_only else " (e exposes a NodePort)"),
+                         style="dim")
         self.query_one("#pods-service", Static).update(t)
 
     def show_reply(self, text: Text) -> None:

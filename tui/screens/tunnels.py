@@ -29,7 +29,8 @@ def _n(v: int) -> str:
     return str(v)
 
 
-def detail_text(t: TunnelStatus | None, peer_end: TunnelStatus | None, fetched_at: float) -> Text:
+def detail_text(t: TunnelStatus | None, peer_end: TunnelStatus | None, fetched_at: float, *,
+                actions: bool = True) -> Text:
     text = Text(no_wrap=False)
     if t is None:
         text.append("select a tunnel in the matrix (arrow keys)", style="dim")
@@ -68,6 +69,8 @@ def detail_text(t: TunnelStatus | None, peer_end: TunnelStatus | None, fetched_a
         text.append(f"{peer_end.ike_state}/{peer_end.child_state}\n", style="green" if peer_end.up else "bold red")
     text.append(f"from strongSwan over vici at {time.strftime('%H:%M:%S', time.localtime(fetched_at))}"
                 f".{int(fetched_at * 1000) % 1000:03d}\n", style="dim")
+    if not actions:  # a read-only view offers no key
+        return text
     text.append("d ", style="bold")
     text.append("take down: ")
     text.append(take_down_command(t.name), style="bold cyan")
@@ -162,7 +165,8 @@ the timeline show it. **u** initiates the connection at once."""
         peer_end = None
         if t is not None:
             peer_end = next((x for x in status.tunnels if x.node == t.peer and x.peer == t.node), None)
-        self.query_one("#tunnel-detail", Static).update(detail_text(t, peer_end, app.status_at))
+        self.query_one("#tunnel-detail", Static).update(detail_text(t, peer_end, app.status_at,
+                                                                      actions=not app.read_only))
         pairs, total = timeline_pairs(status, t.node if t else None)
         self.query_one(Timeline).update(timeline_text(app.reach, pairs, app.clock(), total))
         self.query_one("#tunnel-events", Static).update(events_text(app.reach, app.last_fault))
