@@ -139,7 +139,7 @@ def make_app(cfg: WebConfig, say: Callable[[str], None] = print) -> Any:
     sessions = Sessions()
     downloads = DownloadManager()
 
-    class LabSession(AppService):  # type: ignore[misc]  # textual-serve ships no stubs for mypy here
+    class LabSession(AppService):
         """One tab's app: the exact argv (no shell), its own process group, our glyph-safe driver."""
 
         def _build_environment(self, width: int = 80, height: int = 24) -> dict[str, str]:
@@ -196,8 +196,11 @@ def make_app(cfg: WebConfig, say: Callable[[str], None] = print) -> Any:
         ws = web.WebSocketResponse(heartbeat=15)
         await ws.prepare(request)
 
+        async def close() -> None:
+            await ws.close()
+
         session = LabSession(shlex.join(cfg.argv), write_bytes=ws.send_bytes, write_str=ws.send_str,
-                             close=ws.close, download_manager=downloads)
+                             close=close, download_manager=downloads)
         sessions.live.add(session)
         await session.start(size(request, "width", 80), size(request, "height", 24))
         say(f"session {session.process.pid}: opened ({len(sessions.live)} open)")
