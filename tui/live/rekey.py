@@ -107,9 +107,10 @@ class RekeyReport:
 def _changed(old: SaIds, new: SaIds | None, ike: bool) -> bool:
     if new is None:
         return False
-    if ike:
-        return new.ike != old.ike
-    return new.spi_in != old.spi_in and new.spi_out != old.spi_out
+    if ike:  # the CHILD SAs move to the new IKE SA unchanged
+        return new.ike != old.ike and new.spi_in == old.spi_in
+    # under the same IKE SA: new SAs under a new IKE SA mean the tunnel was re-established, not rekeyed
+    return new.ike == old.ike and new.spi_in != old.spi_in and new.spi_out != old.spi_out
 
 
 def rekey_now(backend: "Backend", node: str, conn: str, *, ike: bool = False, wait_s: float = REKEY_WAIT_S,
