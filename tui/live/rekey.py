@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Callable
 
 from ..lab import commands, probes
 from ..lab.errors import LabError
-from .fault import PING_SECONDS
-from .reach import pair_of
 from .text import fmt_gap
 
 if TYPE_CHECKING:
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
     from ..lab.status import LabStatus, TunnelStatus
 
 REKEY_WAIT_S = 10.0  # the new SA must show in strongSwan's list within this long
+PING_SECONDS = 3.0  # the ping waits this long for a reply before the rekey and after it (as the fault watch's)
 SETTLE_S = 0.5  # the ping keeps running this long after the new SA showed (the old one is deleted then)
 
 _SEQ = re.compile(r"icmp_seq=(\d+)")
@@ -173,10 +172,6 @@ class SeenRekey:
     new: SaIds
     at: float
 
-    @property
-    def pair(self) -> tuple[str, str]:
-        return pair_of(self.node, self.peer)
-
     def line(self, gap: str = "") -> str:
         ids = (f"IKE SPI {self.old.ike} -> {self.new.ike}" if self.kind == "IKE"
                else f"ESP SPIs {self.old.child} -> {self.new.child}")
@@ -190,10 +185,10 @@ def rekeys_between(prev: "LabStatus | None", cur: "LabStatus", at: float | None 
         return []
     when = time.time() if at is None else at
     out: list[SeenRekey] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[frozenset[str]] = set()
     for t in cur.tunnels:
         a, b = SaIds.of(prev.tunnel(t.node, t.name)), SaIds.of(t)
-        if a is None or b is None or pair_of(t.node, t.peer) in seen:
+        if a is None or b is None or frozenset((t.node, t.peer)) in seen:
             continue
         if a.ike == b.ike and a.spi_in != b.spi_in and a.spi_out != b.spi_out:
             kind = "CHILD"
@@ -201,6 +196,6 @@ def rekeys_between(prev: "LabStatus | None", cur: "LabStatus", at: float | None 
             kind = "IKE"
         else:
             continue
-        seen.add(pair_of(t.node, t.peer))
+        seen.add(frozenset((t.node, t.peer)))
         out.append(SeenRekey(t.node, t.name, t.peer, kind, a, b, when))
     return out
