@@ -150,3 +150,44 @@ def test_rekey_no_loss_fails_when_the_peer_drops_create_child_sa():
         assert re.fullmatch(r"no new CHILD SA within 10 s of `swanctl --rekey --child` on kube-node1 mesh-left "
                             r"\(still in \w{8} out \w{8}\): the peer did not answer CREATE_CHILD_SA \(is IKE filtered\?\)",
                             r.detail), r.detail
+
+
+@pytest.mark.lab
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_tunnels_screen_lists_rekeys_and_k_rekeys_the_selected_tunnel():
+    """A real lab with --rekey-s 10: `k` on the Tunnels screen rekeys kube-node1 mesh-left under the
+    10 ms ping (the events show both SPIs and the measured gap), and the rekeys strongSwan makes by
+    itself show up in the events too."""
+    from tui.app import IpsecLabApp
+    from tui.backends.netns import NetnsBackend
+    from tui.widgets.matrix import TunnelMatrix
+
+    from .test_tui_pilot import text_of, until
+
+    name = unique_lab("rkt")
+    backend = NetnsBackend(name)
+    try:
+        backend.up(LabSpec.build(name, 3, rekey_s=10))
+        app = IpsecLabApp(NetnsBackend(name), poll_interval=0.3)
+        async with app.run_test(size=(150, 48)) as pilot:
+            await until(pilot, lambda: app.status is not None and app.status.all_tunnels_up, 15, "all tunnels up")
+            await pilot.press("2")
+            await until(pilot, lambda: app.current_mode == "tunnels", 5, "tunnels screen")
+            matrix = app.screen.query_one(TunnelMatrix)
+            await until(pilot, lambda: matrix.selected is not None, 5, "a selected tunnel")
+            assert "swanctl --rekey --child mesh-left" in text_of(app, "#tunnel-detail")
+            old = SaIds.of(app.status.tunnel("kube-node1", "mesh-left"))
+            await pilot.press("k")
+            await until(pilot, lambda: app.busy is None and "rekeyed in" in app.last_fault, 30, "the rekey")
+            assert re.search(r"CHILD SA rekeyed in \d+ ms: ESP SPIs in \w{8} out \w{8} -> ESP SPIs in \w{8} out \w{8}; "
+                             r"data plane: largest gap between replies \d+ ms, 0 lost of \d+", app.last_fault), app.last_fault
+            events = text_of(app, "#tunnel-events")
+            assert f"kube-node1 mesh-left CHILD SA rekeyed: ESP SPIs {old.child} -> " in events, events
+            assert re.search(r"mesh-left CHILD SA rekeyed: .*; largest gap between replies \d+ ms, 0 lost", events), events
+            # by itself: within rekey_time (10 s, less up to 1 s) another pair rekeys; the 1 s pings say what they saw
+            await until(pilot, lambda: "kube-node2 mesh-right CHILD SA rekeyed" in text_of(app, "#tunnel-events")
+                        and "1 s pings across the pair kept answering" in text_of(app, "#tunnel-events"), 20,
+                        "a rekey strongSwan made by itself in the events")
+    finally:
+        backend.down()

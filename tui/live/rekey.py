@@ -9,6 +9,7 @@ the command is swanctl's, run on the node through Backend.exec.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -199,3 +200,48 @@ def rekeys_between(prev: "LabStatus | None", cur: "LabStatus", at: float | None 
         seen.add(frozenset((t.node, t.peer)))
         out.append(SeenRekey(t.node, t.name, t.peer, kind, a, b, when))
     return out
+
+
+class RekeyLog:
+    """The rekeys a face has seen, newest last, with what the data plane did across each: the 10 ms
+    ping's measurement when the rekey was made on purpose (rekey_now), else nothing yet (the face
+    says what its slower probes saw). Thread-safe: status polls and action workers write."""
+
+    def __init__(self, keep: int = 50) -> None:
+        self._events: list[tuple[SeenRekey, str]] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._prev: "LabStatus | None" = None
+        self._prev_at = float("-inf")
+
+    def observe(self, cur: "LabStatus", at: float) -> list[SeenRekey]:
+        """Compare with the last status observed; one taken earlier than that (a poll that crossed
+        a fault watch's samples) is skipped, or it would show the rekey backwards."""
+        with self._lock:
+            if at < self._prev_at:
+                return []
+            seen = rekeys_between(self._prev, cur, at)
+            self._prev, self._prev_at = cur, at
+            self._events.extend((r, "") for r in seen)
+            del self._events[:-self._keep]
+        return seen
+
+    def measured(self, report: RekeyReport, at: float) -> None:
+        """Attach a rekey_now measurement to the event status polling saw for it (the latest of the
+        pair within 30 s), or add it when no poll saw it."""
+        if report.new is None:
+            return
+        note = report.parts[-1].removeprefix("data plane: ")
+        pair = frozenset((report.node, report.peer))
+        with self._lock:
+            for i in range(len(self._events) - 1, -1, -1):
+                ev, _ = self._events[i]
+                if frozenset((ev.node, ev.peer)) == pair and ev.kind == report.kind and abs(ev.at - at) < 30:
+                    self._events[i] = (ev, note)
+                    return
+            self._events.append((SeenRekey(report.node, report.conn, report.peer, report.kind, report.old, report.new, at), note))
+            del self._events[:-self._keep]
+
+    def recent(self, n: int = 6) -> list[tuple[SeenRekey, str]]:
+        with self._lock:
+            return list(self._events[-n:])
