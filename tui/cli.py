@@ -308,10 +308,14 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if cmd == "status":
         status = backend.status()
+        rekey_s = backend.spec().rekey_s
         if args.json:
-            print(json.dumps(status.to_json(), indent=2))
+            print(json.dumps(status.to_json() | ({"rekey_s": rekey_s} if rekey_s else {}), indent=2))
         else:
             print_status(status, out)
+            if rekey_s:
+                out.print(f"short SA lifetimes (up --rekey-s {rekey_s}): CHILD SAs rekey every {rekey_s} s, "
+                          f"IKE SAs every {4 * rekey_s} s")
         return ExitCode.OK
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
