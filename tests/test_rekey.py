@@ -85,6 +85,16 @@ def test_rekey_s_renders_short_lifetimes_the_starting_end_first():
     assert "rekey_time" not in default and "life_time" not in default  # strongSwan's defaults, as before
 
 
+def test_rekey_s_reaches_the_vms_swanctl_conf():
+    """The VMs' swanctl.conf comes from the same template and spec (the spec file holds
+    spec.to_dict(), round-tripped below), so `up --rekey-s` works there too."""
+    from . import goldens
+
+    spec = LabSpec.build("r", 3, rekey_s=30)
+    conf = render.render_vm_node(spec, spec.node(1), secrets=goldens.psks(spec), kube=goldens.KUBE)["swanctl.conf"].content
+    assert re.findall(r"^ {16}rekey_time = (\S+)", conf, re.M) == ["30s", "30s"]
+
+
 def test_rekey_s_is_kept_in_the_spec_and_checked():
     spec = LabSpec.build("r", 3, rekey_s=30)
     assert LabSpec.from_dict(spec.to_dict()) == spec
