@@ -117,6 +117,24 @@ def block_icmp_across_restore(lab: Any, node: str, after_restore_s: float) -> No
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def block_create_child_sa_from(lab: Any, node: str, peer: str) -> None:
+    """`node` drops `peer`'s CREATE_CHILD_SA requests (exchange type 36, on UDP 4500 after the zero
+    non-ESP marker, or on 500): the SAs up now keep working, but none can be rekeyed."""
+    src = underlay_ip(lab, peer)
+    sh(lab, node, f"iptables -w -I INPUT -s {src} -p udp --dport 500 -m u32 --u32 '0>>22&0x3C@24>>8&0xFF=36' -j DROP && "
+                  f"iptables -w -I INPUT -s {src} -p udp --dport 4500 -m u32 --u32 '0>>22&0x3C@8=0 && 0>>22&0x3C@28>>8&0xFF=36' -j DROP")
+
+
+def pin_esp_spi(lab: Any, node: str, conn: str) -> None:
+    """`node` accepts UDP-encapsulated ESP on `conn` only with the inbound SPI it has now (a
+    middlebox that pins SPIs): after a rekey, the new SA's packets are dropped."""
+    t = lab.status().tunnel(node, conn)
+    spi, src = t.detail["spi_in"], underlay_ip(lab, t.peer)
+    sh(lab, node, f"iptables -w -N SPI-PIN && iptables -w -A SPI-PIN -m u32 --u32 '0>>22&0x3C@8=0' -j RETURN && "
+                  f"iptables -w -A SPI-PIN -m u32 --u32 '0>>22&0x3C@8=0x{spi}' -j RETURN && iptables -w -A SPI-PIN -j DROP && "
+                  f"iptables -w -I INPUT -s {src} -p udp --dport 4500 -j SPI-PIN")
+
+
 # -- scenarios ---------------------------------------------------------------------------------
 @dataclass
 class Scenario:
@@ -284,6 +302,12 @@ SCENARIOS: list[Scenario] = [
                                         lambda s: s.replace('"/run/cni/networks"', '"/var/log/cni-networks"'))),
     Scenario("ipam-no-exhaustion", "range-exhausted", "kube-node3's host-local range ends at .4, filled by its 3 pods",
              lambda lab: narrow_ipam_range(lab, "kube-node3")),
+    Scenario("rekey-no-loss", "healthy", "nothing: a fresh lab, this check alone (recorded apart from the suite's run)"),
+    Scenario("rekey-no-loss", "create-child-blocked", "kube-node2 drops kube-node1's CREATE_CHILD_SA requests",
+             lambda lab: block_create_child_sa_from(lab, "kube-node2", "kube-node1")),
+    Scenario("rekey-no-loss", "spi-pinned",
+             "kube-node2 accepts kube-node1's ESP only with mesh-left's current inbound SPI (a middlebox pinning SPIs)",
+             lambda lab: pin_esp_spi(lab, "kube-node2", "mesh-left")),
     Scenario("recover-tunnel-down", "ike-blocked", "kube-node1 drops kube-node2's IKE (ESP still flows)",
              lambda lab: block_ike_from(lab, "kube-node1", "kube-node2")),
     Scenario("recover-tunnel-down", "mesh-stuck-elsewhere",

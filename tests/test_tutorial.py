@@ -23,7 +23,7 @@ def private_progress(tmp_path, monkeypatch):
 
 def test_every_step_has_text_commands_a_known_action_and_catalog_checks():
     steps = load_steps()
-    assert len(steps) == 13
+    assert len(steps) == 14
     for s in steps:
         assert s.title and len(s.text) > 200 and s.commands
         assert s.action in ACTIONS, s.id

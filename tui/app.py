@@ -32,6 +32,7 @@ from .live.fault import probe_pairs
 from .live.logs import CharonTails, EventSink, LogStore, Progress, ProgressCounter, bringup_steps
 from .live.palette import palette_entries
 from .live.reach import Reachability
+from .live.rekey import RekeyLog
 from .messages import (ActionDone, CheckDone, CurlReplied, FaultChanged, LabReady, PhaseChanged, ProgressChanged,
                        StatusFailed, StatusUpdated, TutorialChanged)
 from .screens.actions import CHANGES_THE_LAB, LabActions
@@ -143,6 +144,7 @@ class IpsecLabApp(LabActions, App[str]):
         self.check_runner = check_runner  # tui.checks.runner.run_checks unless a test gives its own
         self.logs = LogStore()
         self.reach = Reachability(clock)
+        self.rekeys = RekeyLog()  # CHILD/IKE SA rekeys seen in the statuses (the Tunnels screen's events)
         self.status_at: float = 0.0
         self.status_error = ""
         self.checks_pending: set[str] = set()
@@ -282,6 +284,7 @@ class IpsecLabApp(LabActions, App[str]):
     # ------------------------------------------------------------------ messages → state
     def on_status_updated(self, message: StatusUpdated) -> None:
         first = self.status is None
+        self.rekeys.observe(message.status, message.at)
         self.status_at, self.status_error = message.at, ""
         self.status = message.status
         if first or message.status.datapath not in self.sub_title or message.status.hypervisor not in self.sub_title:

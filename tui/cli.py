@@ -70,6 +70,8 @@ def build_parser() -> ArgumentParser:
     up.add_argument("--datapath", choices=("auto", "kernel-xfrm", "kernel-libipsec"), default="auto",
                     help="IPsec data path (default: detect)")
     up.add_argument("--deploy", type=int, metavar="N", default=None, help="also deploy N bootcamp replicas")
+    up.add_argument("--rekey-s", type=int, metavar="N", default=None,
+                    help="short SA lifetimes: CHILD SAs rekey every N s, IKE SAs every 4 N s (default: strongSwan's 1 h)")
     sub.add_parser("down", help="remove the lab and everything it created (works after a crash)")
     st = sub.add_parser("status", help="nodes, tunnels (from strongSwan over vici), pods and services")
     st.add_argument("--json", action="store_true", help="machine-readable")
@@ -100,6 +102,10 @@ def build_parser() -> ArgumentParser:
     ri.add_argument("node")
     rb = sub.add_parser("reboot", help="reboot a node (processes, namespace and /run wiped, booted again)")
     rb.add_argument("node")
+    rk = sub.add_parser("rekey", help="rekey a connection's CHILD SA (or IKE SA) now, under a 10 ms ping loop")
+    rk.add_argument("node")
+    rk.add_argument("conn")
+    rk.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the CHILD SA")
     web = sub.add_parser("web", help="serve the TUI to browsers (each tab its own session on the lab)")
     web.add_argument("--lab", dest="web_lab", default=None, help="the lab (default: the global --lab)")
     web.add_argument("--tutorial", dest="web_tutorial", action="store_true", help="serve the tutorial")
@@ -282,7 +288,7 @@ def run_command(args: argparse.Namespace) -> int:
         return doctor(backend, install=args.install)
     if cmd == "up":
         nodes = node_count(args.up_nodes, args.nodes)
-        spec = LabSpec.build(args.lab, nodes, args.underlay, args.pod_supernet)
+        spec = LabSpec.build(args.lab, nodes, args.underlay, args.pod_supernet, rekey_s=args.rekey_s)
         datapath = None if args.datapath == "auto" else args.datapath
         t0 = time.monotonic()
         try:
@@ -302,10 +308,14 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if cmd == "status":
         status = backend.status()
+        rekey_s = backend.spec().rekey_s
         if args.json:
-            print(json.dumps(status.to_json(), indent=2))
+            print(json.dumps(status.to_json() | ({"rekey_s": rekey_s} if rekey_s else {}), indent=2))
         else:
             print_status(status, out)
+            if rekey_s:
+                out.print(f"short SA lifetimes (up --rekey-s {rekey_s}): CHILD SAs rekey every {rekey_s} s, "
+                          f"IKE SAs every {4 * rekey_s} s")
         return ExitCode.OK
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -347,6 +357,13 @@ def run_command(args: argparse.Namespace) -> int:
         return fault_command(backend, args)
     if cmd == "web":
         return web_command(backend, args)
+    if cmd == "rekey":
+        from .live.rekey import rekey_now
+
+        report = rekey_now(backend, args.node, args.conn, ike=args.ike)
+        for part in report.parts:
+            out.print(part, markup=False)
+        return ExitCode.OK if report.rekeyed and report.lost == 0 and report.gap is not None else ExitCode.CHECK_FAILED
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
         return ExitCode.OK

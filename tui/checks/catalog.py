@@ -56,6 +56,7 @@ def _on(kind: str) -> str:
     return " on VMs" if kind == "vm" else ""
 OUTAGE_S = float(os.environ.get("IPSEC_LAB_OUTAGE_S", "60"))
 HEAL_TIMEOUT_S = 30.0
+REKEY_WAIT_S = 10.0  # rekey-no-loss: each new CHILD SA must show within this long
 IPAM_CHURN = 300  # more than the 253 addresses of a node's /24
 
 
@@ -739,6 +740,67 @@ def judge_recover_underlay_outage(obs: OutageObs) -> Verdict:
                           f"{rec:.2f} s after the link returned (bound {limit} s{_on(kind)})", *ms)
 
 
+# -- rekey-no-loss --------------------------------------------------------------------------------
+class RekeySeen(TypedDict):
+    node: str
+    conn: str
+    peer: str
+    rekeyed: bool  # a new CHILD SA (both ESP SPIs new) under the same IKE SA within REKEY_WAIT_S
+    old_spis: str
+    new_spis: str
+    seconds: float | None  # from `swanctl --rekey` to the first sample with the new SA
+    gap: float | None  # the 10 ms ping's largest silence from the rekey on; None: no reply after it
+    replies: int
+    lost: int  # sequence numbers missing between the first reply and the last
+
+
+class RekeyObs(TypedDict):
+    rekeys: list[RekeySeen]
+    wait_s: float
+
+
+def collect_rekey_no_loss(ctx: CheckContext) -> RekeyObs:
+    """Rekey the CHILD SA of every node pair (from the end that starts it), one pair at a time,
+    each under a 10 ms ping loop from that end to the peer's cni0 (tui/live/rekey.py)."""
+    from ..live.rekey import rekey_now
+
+    _require_healthy(ctx)
+    seen: list[RekeySeen] = []
+    for t in (t for t in ctx.spec.tunnels() if t.initiator):
+        r = rekey_now(ctx.backend, t.node, t.name, wait_s=REKEY_WAIT_S)
+        if r.ping_error:
+            raise LabError(r.ping_error)
+        seen.append({"node": r.node, "conn": r.conn, "peer": r.peer, "rekeyed": r.rekeyed, "old_spis": r.old.child,
+                     "new_spis": r.new.child if r.new else "", "seconds": r.seconds, "gap": r.gap,
+                     "replies": r.replies, "lost": r.lost})
+    return {"rekeys": seen, "wait_s": REKEY_WAIT_S}
+
+
+def _rekey_loss(r: RekeySeen) -> str:
+    if r["gap"] is None:
+        return f"{r['node']} -> {r['peer']}: no reply after the rekey ({r['lost']} lost before)"
+    return f"{r['node']} -> {r['peer']}: {r['lost']} of {r['replies'] + r['lost']} lost (largest gap {r['gap'] * 1000:.0f} ms)"
+
+
+def judge_rekey_no_loss(obs: RekeyObs) -> Verdict:
+    rekeys = obs["rekeys"]
+    gaps = [r["gap"] for r in rekeys if r["gap"] is not None]
+    ms = (Measurement("rekeys", len(rekeys), "CHILD SAs"), Measurement("lost", sum(r["lost"] for r in rekeys), "replies"),
+          *([Measurement("largest_gap_s", round(max(gaps), 3), "s")] if gaps else []))
+    stuck = [f"{r['node']} {r['conn']} (still {r['old_spis']})" for r in rekeys if not r["rekeyed"]]
+    if stuck:
+        return Verdict.failed(f"no new CHILD SA within {obs['wait_s']:.0f} s of `swanctl --rekey --child` on "
+                              f"{', '.join(stuck)}: the peer did not answer CREATE_CHILD_SA (is IKE filtered?)", *ms)
+    lossy = [_rekey_loss(r) for r in rekeys if r["lost"] or r["gap"] is None]
+    if lossy:
+        return Verdict.failed("replies lost across a rekey, not make-before-break: " + "; ".join(lossy)
+                              + " (is the new SA's ESP dropped on the way?)", *ms)
+    each = ", ".join(f"{r['node']}-{r['peer'].removeprefix('kube-')} {r['gap'] * 1000:.0f} ms" for r in rekeys
+                     if r["gap"] is not None)
+    return Verdict.passed(f"{len(rekeys)} CHILD SAs rekeyed under a 10 ms ping loop, 0 replies lost; "
+                          f"largest gap per pair: {each}", *ms)
+
+
 # -- no-leak-during-faults ----------------------------------------------------------------------
 def start_fault_capture(ctx: CheckContext) -> None:
     """The runner calls this before the first fault when no-leak-during-faults is in the run."""
@@ -827,6 +889,9 @@ CATALOG: list[Check[Any]] = [
     Check("ipam-no-exhaustion", "host-local never runs out: deletes release, and a reboot clears its data",
           f"{IPAM_CHURN} host-local ADD/DEL on one node, leaked reservations, a reboot", collect_ipam, judge_ipam,
           disruptive=True),
+    Check("rekey-no-loss", "a CHILD SA rekey is make-before-break: no reply lost while it happens",
+          "swanctl --rekey --child on every node pair under a 10 ms ping loop", collect_rekey_no_loss,
+          judge_rekey_no_loss, disruptive=True),
     Check("recover-tunnel-down", "a tunnel taken down (`ipsec down mesh-left`) comes back by itself",
           "swanctl --terminate --ike on kube-node1 under a 10 ms ping loop", collect_recover_tunnel_down,
           judge_recover_tunnel_down, disruptive=True),

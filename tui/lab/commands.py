@@ -32,6 +32,12 @@ def swanctl_initiate_child(conn: str, timeout: int = 10) -> Argv:
     return ["swanctl", "--initiate", "--child", conn, "--timeout", str(timeout)]
 
 
+def swanctl_rekey(conn: str, *, ike: bool = False) -> Argv:
+    """Rekey connection `conn`'s CHILD SA (or, with `ike`, its IKE SA) now; charon queues it and
+    answers at once, the new SPIs show in --list-sas once the exchange is done."""
+    return ["swanctl", "--rekey", "--ike" if ike else "--child", conn]
+
+
 def swanctl_load_all() -> Argv:
     """Load every connection and secret of /etc/swanctl/swanctl.conf into the running charon."""
     return ["swanctl", "--load-all", "--noprompt"]

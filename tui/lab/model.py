@@ -32,6 +32,9 @@ IPSEC_OVERHEAD = 80
 LIBIPSEC_TUN_MTU = 1400
 
 
+# `up --rekey-s N`: CHILD SAs rekey every N s (the IKE SA every 4 N s); strongSwan's own default is 1 h.
+MIN_REKEY_S, MAX_REKEY_S = 10, 86400
+
 MAX_REPLICAS = 250  # one node's /24, less the network, cni0 and broadcast addresses
 
 
@@ -111,6 +114,7 @@ class LabSpec:
     ike_proposal: str = DEFAULT_IKE_PROPOSAL
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
     underlay_mtu: int = 1500
+    rekey_s: int | None = None  # short SA lifetimes (`up --rekey-s N`): CHILD SAs rekey every ~N s
 
     @classmethod
     def build(
@@ -121,6 +125,7 @@ class LabSpec:
         pod_supernet: str = DEFAULT_POD_SUPERNET,
         *,
         underlay_mtu: int = 1500,
+        rekey_s: int | None = None,
     ) -> "LabSpec":
         """Validate user input and build a spec; raises UsageError with one clear line."""
         naming.validate_lab_name(name)
@@ -136,7 +141,10 @@ class LabSpec:
             )
         if pods_net.prefixlen > 23 or 2 ** (24 - pods_net.prefixlen) <= nodes:
             raise UsageError(f"pod supernet {pods_net} cannot hold a /24 for each of {nodes} nodes")
-        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, underlay_mtu=underlay_mtu)
+        if rekey_s is not None and not MIN_REKEY_S <= rekey_s <= MAX_REKEY_S:
+            raise UsageError(f"--rekey-s must be between {MIN_REKEY_S} and {MAX_REKEY_S} seconds, got {rekey_s}")
+        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, underlay_mtu=underlay_mtu,
+                   rekey_s=rekey_s)
 
     # -- topology ---------------------------------------------------------------------------
     @property
@@ -204,7 +212,7 @@ class LabSpec:
             "ike_proposal": self.ike_proposal,
             "esp_proposal": self.esp_proposal,
             "underlay_mtu": self.underlay_mtu,
-        }
+        } | ({"rekey_s": self.rekey_s} if self.rekey_s is not None else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LabSpec":
@@ -216,6 +224,7 @@ class LabSpec:
             ike_proposal=d["ike_proposal"],
             esp_proposal=d["esp_proposal"],
             underlay_mtu=int(d.get("underlay_mtu", 1500)),
+            rekey_s=int(d["rekey_s"]) if d.get("rekey_s") is not None else None,
         )
 
 

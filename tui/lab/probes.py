@@ -136,6 +136,10 @@ class PingLoop:
         for line in self._p.lines():
             self._lines.append(line)
 
+    def text(self) -> str:
+        """What ping printed so far (tui.live.rekey counts lost replies from its icmp_seq)."""
+        return "".join(list(self._lines))
+
     def replies(self) -> list[float]:
         """Reply times on this machine's clock."""
         return [t - self.offset for t in reply_times("".join(list(self._lines)))]

@@ -191,6 +191,28 @@ class LabActions(_Base):
         node, conn = sel
         self.start_action(f"bring {conn} up on {node}", lambda: f"{node}# {self.backend.tunnel_up(node, conn)}")
 
+    def action_rekey_tunnel(self, node: str | None = None, conn: str | None = None) -> None:
+        sel = self._tunnel(node, conn)
+        if sel is None or not self._need_lab():
+            return
+        node, conn = sel
+        self.start_action(f"rekey {conn} on {node}", partial(self._do_rekey, node, conn))
+
+    def _do_rekey(self, node: str, conn: str) -> str:
+        """Runs on an action worker: tui/live/rekey.py's rekey under a 10 ms ping, its statuses posted."""
+        from ..live.rekey import rekey_now
+
+        self.log_line("actions", f"{node}# swanctl --rekey --child {conn}", node=node)
+        self.post_message(FaultChanged(f"{node} {conn}: rekeying the CHILD SA; pinging across the pair every 10 ms"))
+
+        def on_status(st: LabStatus) -> None:
+            self.post_message(StatusUpdated(st, self.clock()))
+
+        report = rekey_now(self.backend, node, conn, on_status=on_status)
+        self.rekeys.measured(report, self.clock())
+        self.post_message(FaultChanged(report.summary))
+        return report.summary
+
     def action_scale(self, replicas: int | None = None) -> None:
         if not self._need_lab():
             return

@@ -12,7 +12,8 @@ from textual.widgets import Static
 
 from ..lab.status import LabStatus, TunnelStatus
 from ..live.reach import Reachability, pair_of
-from ..live.text import bring_up_command, seed_command, take_down_command
+from ..live.rekey import RekeyLog, SeenRekey
+from ..live.text import bring_up_command, fmt_gap, seed_command, take_down_command
 from ..widgets.matrix import TunnelMatrix, legend, state_style
 from ..widgets.timeline import Timeline, timeline_text
 from .base import LabScreen
@@ -78,6 +79,8 @@ def detail_text(t: TunnelStatus | None, peer_end: TunnelStatus | None, fetched_a
     text.append(seed_command(t.name), style="cyan")
     text.append(")\nu ", style="bold")
     text.append(f"bring up: {bring_up_command(t.name)}")
+    text.append("\nk ", style="bold")
+    text.append(f"rekey the CHILD SA: swanctl --rekey --child {t.name}")
     return text
 
 
@@ -89,16 +92,31 @@ def timeline_pairs(status: LabStatus, selected_node: str | None) -> tuple[list[t
     return [p for p in pairs if selected_node in p], len(pairs)
 
 
-def events_text(reach: Reachability, last_fault: str) -> Text:
+def rekey_ping_note(reach: Reachability, ev: SeenRekey, now: float) -> str:
+    """What the app's 1 s pings across the pair saw around a rekey nobody measured with a 10 ms ping."""
+    tl = reach.pairs.get(pair_of(ev.node, ev.peer))
+    o = tl.outages.get("ping") if tl is not None else None
+    if o is not None and abs(o.start - ev.at) < 3:
+        return f"data plane: the 1 s pings across the pair missed replies ({fmt_gap(o.seconds)})"
+    if now - ev.at < 2:
+        return "data plane: waiting for the next 1 s ping"
+    return "data plane: the 1 s pings across the pair kept answering (k measures a rekey with a 10 ms ping)"
+
+
+def events_text(reach: Reachability, last_fault: str, rekeys: RekeyLog | None = None, now: float | None = None) -> Text:
     text = Text()
     if last_fault:
         text.append(last_fault + "\n", style="bold yellow")
-    for at, line in reach.recent_transitions(6):
+    now = time.time() if now is None else now
+    rows = [(at, line, "") for at, line in reach.recent_transitions(6)]
+    if rekeys is not None:
+        rows += [(ev.at, ev.line(note or rekey_ping_note(reach, ev, now)), "cyan") for ev, note in rekeys.recent(6)]
+    for at, line, style in sorted(rows, key=lambda r: r[0])[-8:]:
         text.append(time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d} ", style="dim")
-        text.append(line + "\n", style="red" if " DOWN" in line else "green" if "UP again" in line else
-                    "yellow" if "left ESTABLISHED" in line else "")
+        text.append(line + "\n", style=style or ("red" if " DOWN" in line else "green" if "UP again" in line else
+                                                  "yellow" if "left ESTABLISHED" in line else ""))
     if not text:
-        text.append("no tunnel has gone down since the app started", style="dim")
+        text.append("no tunnel has gone down or rekeyed since the app started", style="dim")
     return text
 
 
@@ -111,13 +129,21 @@ selected end's IKE and CHILD SA, refreshed at least every second.
 **d** takes the selected connection down with `swanctl --terminate --ike CONN` (the seed's
 `ipsec down CONN`); strongSwan brings it back by itself. While it does, the app polls strongSwan every
 few milliseconds and pings across the pair, so even a 3 ms gap is seen and measured: the events list and
-the timeline show it. **u** initiates the connection at once."""
+the timeline show it. **u** initiates the connection at once.
+
+**k** rekeys the selected tunnel's CHILD SA now (`swanctl --rekey --child CONN`) under a 10 ms ping: new
+keys and SPIs, make-before-break, so no reply should be lost. Every rekey the polls see (also those
+strongSwan makes by itself; `ipsec-lab up --rekey-s 30` makes them frequent) is listed in the events
+with its old and new SPIs and what the data plane did across it."""
 
     BINDINGS = [
         Binding("d", "app.tunnel_down", "Take down", id="tunnels.down",
                 tooltip="Take the selected tunnel down: swanctl --terminate --ike CONN (the seed's ipsec down CONN)"),
         Binding("u", "app.tunnel_up", "Bring up", id="tunnels.up",
                 tooltip="Initiate the selected tunnel now: swanctl --initiate --child CONN"),
+        Binding("k", "app.rekey_tunnel", "Rekey", id="tunnels.rekey",
+                tooltip="Rekey the selected tunnel's CHILD SA now (swanctl --rekey --child CONN) under a 10 ms ping: "
+                        "old and new SPIs, the largest gap"),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -169,7 +195,7 @@ the timeline show it. **u** initiates the connection at once."""
                                                                       actions=not app.read_only))
         pairs, total = timeline_pairs(status, t.node if t else None)
         self.query_one(Timeline).update(timeline_text(app.reach, pairs, app.clock(), total))
-        self.query_one("#tunnel-events", Static).update(events_text(app.reach, app.last_fault))
+        self.query_one("#tunnel-events", Static).update(events_text(app.reach, app.last_fault, app.rekeys, app.clock()))
 
     def on_tunnel_matrix_selected(self, event: TunnelMatrix.Selected) -> None:
         if self.lab_app.status is not None:

@@ -326,3 +326,18 @@ def guard(backend: Backend, reporter: Reporter) -> list[str]:
         t.run(n1.name, on)
     t.pod_run(src.name, ["curl", "-s", "-m", "3", f"http://{dst.ip}:8080"])
     return t.lines
+
+
+@action("rekey")
+def rekey(backend: Backend, reporter: Reporter) -> list[str]:
+    from ..live.rekey import rekey_now
+
+    t = Transcript(backend, reporter)
+    node = backend.spec().node_list()[0].name
+    conn = backend.spec().tunnels_of(node)[0].name
+    t.say(f"$ ipsec-lab rekey {node} {conn}      (a 10 ms ping runs across the tunnel meanwhile)")
+    report = rekey_now(backend, node, conn)
+    for part in report.parts:
+        t.say(f"  {part}")
+    t.run(node, ["swanctl", "--list-sas", "--ike", conn], max_lines=18)
+    return t.lines
