@@ -35,7 +35,7 @@ import pytest
 from .conftest import ROOT, unique_lab
 from .test_fresh_machine import emit
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.lab, pytest.mark.vm, pytest.mark.timeout(1200)]
 
 HOME = "/home/vagrant"
 PROJECT = f"{HOME}/ipsec-lab"
