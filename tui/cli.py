@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -100,6 +101,13 @@ def build_parser() -> ArgumentParser:
     ri.add_argument("node")
     rb = sub.add_parser("reboot", help="reboot a node (processes, namespace and /run wiped, booted again)")
     rb.add_argument("node")
+    cap = sub.add_parser("capture", help="tcpdump on a node: decoded lines here, or a pcap with -w")
+    cap.add_argument("node")
+    cap.add_argument("--iface", default=None, help="interface (default: the node's underlay; cni0, a veth, ipsec0, ...)")
+    cap.add_argument("--filter", dest="bpf", default="", metavar="BPF", help="a tcpdump filter, e.g. 'esp or udp port 4500'")
+    cap.add_argument("-w", dest="write", default=None, metavar="FILE", help="write a pcap (Wireshark opens it)")
+    cap.add_argument("--count", type=int, default=None, metavar="N", help="stop after N packets")
+    cap.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     web = sub.add_parser("web", help="serve the TUI to browsers (each tab its own session on the lab)")
     web.add_argument("--lab", dest="web_lab", default=None, help="the lab (default: the global --lab)")
     web.add_argument("--tutorial", dest="web_tutorial", action="store_true", help="serve the tutorial")
@@ -228,6 +236,44 @@ def fault_command(backend: Backend, args: argparse.Namespace) -> int:
     return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
 
 
+def capture_command(backend: Backend, args: argparse.Namespace) -> int:
+    """tcpdump on the node until --count, --duration or Ctrl+C; lines to stdout, or a pcap with -w
+    (its lines then go to stderr, with one summary line at the end)."""
+    from .live.capture import CaptureSession, describe
+
+    if args.count is not None and args.count < 1 or args.duration is not None and args.duration <= 0:
+        raise UsageError("--count and --duration must be positive")
+    if args.write and backend.capture_file(args.node, "probe") is None:
+        raise UsageError(f"capture -w is not supported yet on {backend.name} nodes; without -w the decoded lines stream")
+    dest = os.path.abspath(args.write) if args.write else None
+    session = CaptureSession(backend, args.node, args.iface, args.bpf, args.count)
+    session.start()
+    timer = threading.Timer(args.duration, session.stop) if args.duration else None
+    lines = sys.stderr if dest else sys.stdout
+    err.print(f"capturing on {args.node} {session.iface} ({session.kind})"
+              + (f" filter {args.bpf!r}" if args.bpf else "") + "; Ctrl+C stops", style="dim", markup=False)
+    try:
+        if timer:
+            timer.start()
+        for line in session.lines():
+            lines.write(line + "\n")
+            lines.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if timer:
+            timer.cancel()
+        session.stop()
+        try:
+            if dest:
+                session.save(dest)
+                summary = session.summary(backend.spec().pod_supernet)
+                err.print(f"{describe(summary)}; wrote {dest}", markup=False)
+        finally:
+            session.close()
+    return ExitCode.OK
+
+
 def web_command(backend: Backend, args: argparse.Namespace) -> int:
     """Bring the lab up if it is not running (here, where its progress prints), then serve it."""
     from . import web  # noqa: PLC0415  (aiohttp and textual-serve only for this command)
@@ -347,6 +393,8 @@ def run_command(args: argparse.Namespace) -> int:
         return fault_command(backend, args)
     if cmd == "web":
         return web_command(backend, args)
+    if cmd == "capture":
+        return capture_command(backend, args)
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
         return ExitCode.OK
