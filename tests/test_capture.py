@@ -15,9 +15,6 @@ from tests.conftest import IPSEC_LAB, ROOT, cli, started_lab
 from tui.lab import naming, pcap
 from tui.live.capture import classify_links
 
-pytestmark = pytest.mark.lab
-
-
 @pytest.fixture(scope="module")
 def lab():
     with started_lab("cap", replicas=6) as backend:
@@ -46,9 +43,10 @@ class PodTraffic:
         pods = backend.status().pods
         src = next(p for p in pods if p.node == "kube-node2")
         dst = next(p for p in pods if p.node == "kube-node1")
-        self.t = threading.Thread(target=backend.pod_exec, args=(src.name, ["ping", "-q", "-c", str(int(seconds * 10)),
-                                                                          "-i", "0.1", dst.ip]),
-                                  kwargs={"timeout": seconds + 10}, daemon=True)
+        argv = ["ping", "-q", "-c", str(int(seconds * 10)), "-i", "0.1", "-w", str(int(seconds) + 1), dst.ip]
+        # No reply is fine (a test may have broken the return path): the ping ends by its deadline.
+        self.t = threading.Thread(target=backend.pod_exec, args=(src.name, argv), kwargs={"timeout": seconds + 10},
+                                  daemon=True)
 
     def __enter__(self):
         self.t.start()
@@ -58,6 +56,7 @@ class PodTraffic:
         self.t.join(timeout=30)
 
 
+@pytest.mark.lab
 def test_capture_writes_a_pcap_with_esp_and_no_cleartext(lab, tmp_path):
     out = tmp_path / "underlay.pcap"
     with PodTraffic(lab, 4):
@@ -71,6 +70,7 @@ def test_capture_writes_a_pcap_with_esp_and_no_cleartext(lab, tmp_path):
     assert tcpdumps(lab.lab) == []
 
 
+@pytest.mark.lab
 def test_capture_streams_tcpdump_lines(lab):
     with PodTraffic(lab, 4):
         cp = cli("--lab", lab.lab, "capture", "kube-node1", "--count", "5", "--filter", "esp or udp port 4500",
@@ -82,6 +82,7 @@ def test_capture_streams_tcpdump_lines(lab):
     assert tcpdumps(lab.lab) == []
 
 
+@pytest.mark.lab
 def test_capture_on_cni0_sees_pod_addresses(lab):
     with PodTraffic(lab, 3):
         cp = cli("--lab", lab.lab, "capture", "kube-node1", "--iface", "cni0", "--count", "3", "--filter", "icmp",
@@ -96,12 +97,14 @@ def test_capture_on_cni0_sees_pod_addresses(lab):
     (["kube-node1", "--filter", "esp andd"], "bad --filter 'esp andd': tcpdump: can't parse filter expression"),
     (["kube-node1", "--count", "0"], "--count and --duration must be positive"),
 ])
+@pytest.mark.lab
 def test_capture_refuses_bad_input_in_one_line(lab, args, says):
     cp = cli("--lab", lab.lab, "capture", *args, timeout=30)
     assert cp.returncode == 3
     assert cp.stderr.count("\n") == 1 and says in cp.stderr, cp.stderr
 
 
+@pytest.mark.lab
 def test_ctrl_c_stops_the_capture_and_keeps_the_pcap(lab, tmp_path):
     out = tmp_path / "stopped.pcap"
     p = subprocess.Popen([*IPSEC_LAB, "--lab", lab.lab, "capture", "kube-node1", "-w", str(out)], cwd=ROOT,
@@ -122,6 +125,26 @@ def test_ctrl_c_stops_the_capture_and_keeps_the_pcap(lab, tmp_path):
     assert p.returncode == 0, err
     assert tcpdumps(lab.lab) == []
     assert pcap.summarize(str(out), lab.spec().pod_supernet).esp > 0
+
+
+@pytest.mark.lab
+def test_a_capture_ends_when_the_lab_goes_down():
+    """The lab stops under a running `ipsec-lab capture`: the command ends and its tcpdump is gone."""
+    with started_lab("capd", replicas=0) as backend:
+        p = subprocess.Popen([*IPSEC_LAB, "--lab", backend.lab, "capture", "kube-node2"], cwd=ROOT,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while not (pids := tcpdumps(backend.lab)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pids, "tcpdump never started"
+            backend.down()
+            p.wait(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 RECORDED_LINKS = """\

@@ -89,6 +89,7 @@ class CaptureSession:
         self.proc: RunningCommand | None = None
         self.file: tuple[str, Path] | None = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def pcap_path(self) -> Path | None:
@@ -114,7 +115,9 @@ class CaptureSession:
                 raise UsageError(f"bad --filter {self.bpf!r}: {last_line(res.stderr) or f'exit {res.returncode}'}")
         self.file = self.backend.capture_file(self.node, f"ipsec-lab-capture-{secrets.token_hex(4)}")
         argv = commands.tcpdump(self.iface, self.bpf, count=self.count, write=self.file[0] if self.file else None)
-        self.proc = self.backend.stream(self.node, argv)
+        with self._lock:
+            if not self._stopped:  # stop() before tcpdump started: it never starts
+                self.proc = self.backend.stream(self.node, argv)
 
     def lines(self) -> Iterator[str]:
         """tcpdump's decoded lines (without newlines) as packets arrive, until it ends."""
@@ -130,6 +133,7 @@ class CaptureSession:
     def stop(self) -> None:
         """Stop tcpdump (by its PID: SIGTERM, SIGKILL after 5 s); idempotent, from any thread."""
         with self._lock:
+            self._stopped = True
             if self.proc is not None:
                 self.proc.stop()
 
