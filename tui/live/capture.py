@@ -17,10 +17,11 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..backends.base import Backend
 from ..lab import commands, pcap
@@ -165,6 +166,40 @@ class CaptureSession:
         if path is not None:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def capture_during(session: CaptureSession, act: Callable[[], object], settle: float = 0.2,
+                   start_timeout: float = 10.0) -> list[str]:
+    """Start `session`, run `act` under it, stop it; returns the lines it printed. Waits until the
+    capture is running (tcpdump's socket open, or its file written) before `act`, so nothing is missed."""
+    lines: list[str] = []
+    session.start()
+    reader = threading.Thread(target=lambda: lines.extend(session.lines()), daemon=True, name="capture lines")
+    reader.start()
+    try:
+        _wait_listening(session, start_timeout)
+        act()
+        time.sleep(settle)
+    finally:
+        session.stop()
+        reader.join(timeout=10)
+    return lines
+
+
+def _wait_listening(session: CaptureSession, timeout: float) -> None:
+    """tcpdump writes the pcap's header once its socket is open; without a file (VMs), a short wait."""
+    path = session.pcap_path
+    if path is None:
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and session.running:
+        with contextlib.suppress(OSError):
+            if path.stat().st_size >= 24:
+                return
+        time.sleep(0.02)
+    if not session.running:
+        raise LabError(f"tcpdump on {session.node} {session.iface} ended at once")
 
 
 def describe(s: pcap.WireSummary | None) -> str:
