@@ -77,6 +77,7 @@ shell: `ipsec-lab capture NODE [--iface IF] [--filter BPF] [-w FILE]`."""
         self.lines_seen = 0
         self._notified = threading.Event()  # a CaptureLines message is on its way
         self._ifaces: dict[str, list[Interface]] = {}
+        self._node_names: list[str] = []
         self.verdict = ""
         self.capturing = False
 
@@ -106,9 +107,9 @@ shell: `ipsec-lab capture NODE [--iface IF] [--filter BPF] [-w FILE]`."""
     def show_status(self, status: LabStatus) -> None:
         sel = self.query_one("#capture-node", Select)
         names = [n.name for n in status.nodes]
-        if [str(v) for _, v in getattr(self, "_node_options", [])] != names:
-            self._node_options = [(n, n) for n in names]
-            sel.set_options(self._node_options)
+        if self._node_names != names:
+            self._node_names = names
+            sel.set_options([(n, n) for n in names])
             if names and sel.value is Select.NULL:
                 sel.value = names[0]
 
