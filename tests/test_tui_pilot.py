@@ -358,7 +358,7 @@ async def test_fake_palette_entries_each_name_an_action_and_one_runs_from_the_pa
 
     app = fake_app("nodes")
     entries = palette_entries(app.lab_name, app.status, app.load_catalog()[0])
-    assert len(entries) == 5 + 3 * 4 + 6 * 2 + 9 * (1 + 3) + 3 + 3 + 5 + 4
+    assert len(entries) == 6 + 3 * 4 + 6 * 2 + 9 * (1 + 3) + 3 + 3 + 5 + 4
     missing = [e.action for e in entries if e.action not in ("switch_mode", "quit")
                and not callable(getattr(app, f"action_{e.action}", None))]
     assert not missing, missing

@@ -37,6 +37,7 @@ from .messages import (ActionDone, CheckDone, CurlReplied, FaultChanged, LabRead
                        StatusFailed, StatusUpdated, TutorialChanged)
 from .screens.actions import CHANGES_THE_LAB, LabActions
 from .screens.base import LabScreen
+from .screens.capture import CaptureScreen
 from .screens.checks import ChecksScreen, load_catalog
 from .screens.commands import LabCommands
 from .screens.dialogs import ErrorScreen, HelpScreen, QuitScreen, ReplyScreen
@@ -54,7 +55,7 @@ class IpsecLabApp(LabActions, App[str]):
     TITLE = "ipsec-lab"
     CSS_PATH = str(resources.app_css())
     MODES = {"nodes": NodesScreen, "tunnels": TunnelsScreen, "pods": PodsScreen, "logs": LogsScreen,
-             "checks": ChecksScreen}
+             "checks": ChecksScreen, "capture": CaptureScreen}
     DEFAULT_MODE = "nodes"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     COMMANDS = App.COMMANDS | {LabCommands}
@@ -66,6 +67,8 @@ class IpsecLabApp(LabActions, App[str]):
         Binding("4", "switch_mode('logs')", "Logs", id="mode.logs",
                 tooltip="Logs: provisioning, charon per node, actions, checks"),
         Binding("5", "switch_mode('checks')", "Checks", id="mode.checks", tooltip="Checks: run the check suite"),
+        Binding("6", "switch_mode('capture')", "Capture", id="mode.capture",
+                tooltip="Capture: tcpdump on a node's interface, lines as they arrive, the underlay's verdict"),
         Binding("question_mark", "help", "Help", id="app.help", tooltip="What this screen shows and its keys"),
         Binding("q", "request_quit", "Quit", id="app.quit",
                 tooltip="Quit: leave the lab running (default) or stop it"),

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -106,6 +107,13 @@ def build_parser() -> ArgumentParser:
     rk.add_argument("node")
     rk.add_argument("conn")
     rk.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the CHILD SA")
+    cap = sub.add_parser("capture", help="tcpdump on a node: decoded lines here, or a pcap with -w")
+    cap.add_argument("node")
+    cap.add_argument("--iface", default=None, help="interface (default: the node's underlay; cni0, a veth, ipsec0, ...)")
+    cap.add_argument("--filter", dest="bpf", default="", metavar="BPF", help="a tcpdump filter, e.g. 'esp or udp port 4500'")
+    cap.add_argument("-w", dest="write", default=None, metavar="FILE", help="write a pcap (Wireshark opens it)")
+    cap.add_argument("--count", type=int, default=None, metavar="N", help="stop after N packets")
+    cap.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     web = sub.add_parser("web", help="serve the TUI to browsers (each tab its own session on the lab)")
     web.add_argument("--lab", dest="web_lab", default=None, help="the lab (default: the global --lab)")
     web.add_argument("--tutorial", dest="web_tutorial", action="store_true", help="serve the tutorial")
@@ -232,6 +240,44 @@ def fault_command(backend: Backend, args: argparse.Namespace) -> int:
         out.print(f"new IKE SA: {report.new_sa}", markup=False)
     left = report.watch is not None and report.watch.left_established
     return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
+
+
+def capture_command(backend: Backend, args: argparse.Namespace) -> int:
+    """tcpdump on the node until --count, --duration or Ctrl+C; lines to stdout, or a pcap with -w
+    (its lines then go to stderr, with one summary line at the end)."""
+    from .live.capture import CaptureSession, describe
+
+    if args.count is not None and args.count < 1 or args.duration is not None and args.duration <= 0:
+        raise UsageError("--count and --duration must be positive")
+    if args.write and backend.capture_file(args.node, "probe") is None:
+        raise UsageError(f"capture -w is not supported yet on {backend.name} nodes; without -w the decoded lines stream")
+    dest = os.path.abspath(args.write) if args.write else None
+    session = CaptureSession(backend, args.node, args.iface, args.bpf, args.count)
+    session.start()
+    timer = threading.Timer(args.duration, session.stop) if args.duration else None
+    lines = sys.stderr if dest else sys.stdout
+    err.print(f"capturing on {args.node} {session.iface} ({session.kind})"
+              + (f" filter {args.bpf!r}" if args.bpf else "") + "; Ctrl+C stops", style="dim", markup=False)
+    try:
+        if timer:
+            timer.start()
+        for line in session.lines():
+            lines.write(line + "\n")
+            lines.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if timer:
+            timer.cancel()
+        session.stop()
+        try:
+            if dest:
+                session.save(dest)
+                summary = session.summary(backend.spec().pod_supernet)
+                err.print(f"{describe(summary)}; wrote {dest}", markup=False)
+        finally:
+            session.close()
+    return ExitCode.OK
 
 
 def web_command(backend: Backend, args: argparse.Namespace) -> int:
@@ -364,6 +410,8 @@ def run_command(args: argparse.Namespace) -> int:
         for part in report.parts:
             out.print(part, markup=False)
         return ExitCode.OK if report.rekeyed and report.lost == 0 and report.gap is not None else ExitCode.CHECK_FAILED
+    if cmd == "capture":
+        return capture_command(backend, args)
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
         return ExitCode.OK

@@ -91,3 +91,33 @@ class CurlReplied(Message):
     url: str
     code: int
     body: str
+
+
+@dataclass(eq=False)
+class CaptureInterfaces(Message):
+    """A node's interfaces for the capture view (tui.live.capture.Interface), or why they are unknown."""
+
+    node: str
+    interfaces: list
+    error: str = ""
+
+
+@dataclass(eq=False)
+class CaptureLines(Message):
+    """The capture worker queued new decoded lines (the capture view drains its queue)."""
+
+
+@dataclass(eq=False)
+class CaptureVerdict(Message):
+    """What the capture's pcap shows so far; `alarm`: pod traffic in clear on the underlay."""
+
+    text: str
+    alarm: bool
+    good: bool
+
+
+@dataclass(eq=False)
+class CaptureEnded(Message):
+    """The capture stopped (stop, count reached, the node or lab gone), or could not start (`error`)."""
+
+    error: str = ""

@@ -274,6 +274,12 @@ class Backend(abc.ABC):
     def stop_capture(self, handle: object) -> str:
         """Stop a capture; returns the path of its pcap file on this machine."""
 
+    def capture_file(self, node: str, name: str) -> tuple[str, Path] | None:
+        """Where tcpdump on `node` may write pcap `name` that this machine reads as it grows: (the path
+        on the node, the same file here). None where the node's files are not on this machine: a
+        capture there streams its decoded lines only (VMs: a pcap is not supported there yet)."""
+        return None
+
     @abc.abstractmethod
     def set_underlay_link(self, node: str, up: bool) -> None:
         """Cut or restore a node's underlay link (an outage the IPsec mesh must survive)."""

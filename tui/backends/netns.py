@@ -714,6 +714,10 @@ class NetnsBackend(Backend):
             raise LabError(f"tcpdump on the underlay did not start: {line.strip()}")
         return _Capture(p, str(path))
 
+    def capture_file(self, node: str, name: str) -> tuple[str, Path] | None:
+        self._check_node(node)  # the node's /run is its run directory here (NODE_WRAPPER)
+        return f"/run/{name}.pcap", self.paths.node_run(node) / f"{name}.pcap"
+
     def stop_capture(self, handle: object) -> str:
         if not isinstance(handle, _Capture):
             raise TypeError(f"not a capture of this backend: {handle!r}")

@@ -25,7 +25,7 @@ from ..lab import commands, pcap, probes
 from ..lab.errors import LabError
 from ..lab.model import Pod
 from ..lab.proc import Result
-from .base import Check, CheckContext, FaultWatch, Measurement, Verdict
+from .base import Check, CheckContext, FaultWatch, Measurement, Outcome, Verdict
 
 # Bounds the recovery checks assert (seconds), per kind of node (Backend.nodes_are_vms). Generous
 # against the measured figures so a busy CI machine does not flake; every result prints its bound.
@@ -404,14 +404,26 @@ def judge_underlay_encrypted(obs: EncryptedObs) -> Verdict:
     ms = (Measurement("esp_packets", s["esp"], "packets"), Measurement("cleartext_pod_packets", s["cleartext_pod"], "packets"))
     if obs["control_hits"] == 0:
         return Verdict.failed("negative control failed: the capture did not see a marker sent in clear, so it proves nothing", *ms)
-    if s["cleartext_pod"] or obs["marker_hits"]:
+    v = judge_wire(s, obs["marker_hits"])
+    if v.outcome is not Outcome.PASSED:
+        return v
+    return Verdict.passed(f"{v.detail}; the control marker was seen {obs['control_hits']}x ({obs['pair']})", *ms)
+
+
+def judge_wire(s: Wire, marker_hits: int = 0) -> Verdict:
+    """What an underlay capture shows: pod traffic only as ESP, never in clear. The judgement of
+    underlay-encrypted (after its control), and of the capture view's underlay verdict."""
+    ms = (Measurement("esp_packets", s["esp"], "packets"), Measurement("cleartext_pod_packets", s["cleartext_pod"], "packets"))
+    if s["cleartext_pod"] or marker_hits:
         ex = ", ".join(s["examples"]) or "marker bytes in payload"
         return Verdict.failed(f"pod traffic in clear on the underlay: {s['cleartext_pod']} packets with pod addresses, "
-                              f"{obs['marker_hits']} with the marker (e.g. {ex})", *ms)
+                              f"{marker_hits} with the marker (e.g. {ex})", *ms)
     if s["esp"] == 0:
         return Verdict.failed("no ESP on the underlay while pod traffic flowed: is it taking another path?", *ms)
-    return Verdict.passed(f"{s['esp']} ESP packets, 0 with pod addresses or the marker in clear; "
-                          f"the control marker was seen {obs['control_hits']}x ({obs['pair']})", *ms)
+    return Verdict.passed(f"{s['esp']} ESP packets, 0 with pod addresses or the marker in clear", *ms)
+
+
+wire_of = _wire  # a capture's summary as the judges read it (the capture view)
 
 
 # -- pmtu ---------------------------------------------------------------------------------------

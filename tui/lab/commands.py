@@ -127,6 +127,33 @@ def underlay_link_set(address: str, up: bool) -> Argv:
                         f'ip link set "$dev" {"up" if up else "down"}', "underlay", address]
 
 
+# -- capture ----------------------------------------------------------------------------------
+def ip_links() -> Argv:
+    """Every interface of the node with its details (`ip -o -d link show`: one line each; xfrm if_id ...)."""
+    return ["ip", "-o", "-d", "link", "show"]
+
+
+def ip_addresses() -> Argv:
+    """Every IPv4 address of the node, one line each (`ip -o -4 addr show`)."""
+    return ["ip", "-o", "-4", "addr", "show"]
+
+
+def tcpdump(iface: str, bpf: str = "", *, count: int | None = None, write: str | None = None) -> Argv:
+    """tcpdump's own decoding, a line per packet as it arrives (-l); with `write`, the packets also go
+    to that pcap file as they arrive (-U --print -w)."""
+    argv = ["tcpdump", "-n", "-l", "--immediate-mode", "-i", iface]
+    if count:
+        argv += ["-c", str(count)]
+    if write:
+        argv += ["-U", "--print", "-w", write]
+    return [*argv, *([bpf] if bpf else [])]
+
+
+def tcpdump_compile(iface: str, bpf: str) -> Argv:
+    """Compile a BPF filter for `iface` without capturing (-d): fails with tcpdump's own error line."""
+    return ["tcpdump", "-d", "-i", iface, bpf]
+
+
 # -- probes -------------------------------------------------------------------------------------
 def ping(ip: str, *, count: int = 1, wait: float = 1.0, interval: float | None = None, size: int | None = None,
          dont_fragment: bool = False, timestamps: bool = False, deadline: int | None = None, quiet: bool = True,

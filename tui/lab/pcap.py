@@ -18,6 +18,7 @@ class WireSummary:
     ipv4: int = 0
     esp: int = 0  # ESP (protocol 50) or ESP in UDP 4500 (non-zero SPI)
     ike: int = 0  # UDP 500, or 4500 with the zero non-ESP marker
+    udp4500: int = 0  # UDP to or from port 4500 (NAT-T: ESP in UDP, IKE, keepalives)
     fragments: int = 0  # IPv4 packets with MF set or a fragment offset
     cleartext_pod: int = 0  # IPv4 packets whose own source or destination is in the pod network
     marker_hits: int = 0  # packets whose bytes contain the marker
@@ -144,6 +145,7 @@ def summarize(path: str, pod_net: IPv4Network | str, marker: bytes | None = None
         elif proto == 17 and len(ip) >= ihl + 8:
             sport, dport = struct.unpack("!HH", ip[ihl : ihl + 4])
             if 4500 in (sport, dport):
+                s.udp4500 += 1
                 non_esp = ip[ihl + 8 : ihl + 12] == b"\x00\x00\x00\x00"
                 if non_esp:
                     s.ike += 1

@@ -11,7 +11,8 @@ from .text import bring_up_command, seed_command, take_down_command
 if TYPE_CHECKING:
     from ..lab.status import LabStatus
 
-MODES = (("nodes", "Nodes"), ("tunnels", "Tunnels"), ("pods", "Pods"), ("logs", "Logs"), ("checks", "Checks"))
+MODES = (("nodes", "Nodes"), ("tunnels", "Tunnels"), ("pods", "Pods"), ("logs", "Logs"), ("checks", "Checks"),
+         ("capture", "Capture"))
 LOG_SOURCES = ("provisioning", "charon", "actions", "checks", "app")
 
 

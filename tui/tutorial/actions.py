@@ -16,6 +16,7 @@ from ..lab import commands, pcap, probes
 from ..lab.errors import LabError
 from ..lab.events import Reporter
 from ..lab.model import LabSpec
+from ..live.capture import CaptureSession, capture_during, describe
 
 Action = Callable[[Backend, Reporter], list[str]]
 ACTIONS: dict[str, Action] = {}
@@ -151,25 +152,38 @@ def expose(backend: Backend, reporter: Reporter) -> list[str]:
 
 @action("capture")
 def capture(backend: Backend, reporter: Reporter) -> list[str]:
+    """`ipsec-lab capture` on the receiving node, twice: its underlay (ESP only) and its cni0 (the
+    same request in clear, inside the node, after decryption)."""
     t = Transcript(backend, reporter)
-    nodes = backend.spec().node_list()
+    spec = backend.spec()
+    nodes = spec.node_list()
     src, dst = _first_pod(backend, nodes[0].name), _first_pod(backend, nodes[1].name)
-    t.say("$ tcpdump -ni <underlay> -w wire.pcap    (on the underlay, between the nodes)")
-    handle = backend.start_capture("tutorial")
-    try:
+    node = dst.node
+
+    def curls() -> None:
         for _ in range(3):
             t.pod_run(src.name, ["curl", "-s", "-m", "3", f"http://{dst.ip}:8080/SECRET-MARKER"])
-        time.sleep(0.1)
-    finally:
-        path = backend.stop_capture(handle)
-    s = pcap.summarize(path, backend.spec().pod_supernet, b"SECRET-MARKER")
-    t.say(f"captured {s.packets} packets: {s.esp} ESP, {s.ike} IKE, {s.cleartext_pod} with a pod address in clear, "
-          f"{s.marker_hits} carrying the marker")
-    t.say("$ tcpdump -nr wire.pcap | head")
-    import subprocess
 
-    res = subprocess.run(["tcpdump", "-nr", path], capture_output=True, text=True)
-    for line in res.stdout.splitlines()[:8]:
+    under = CaptureSession(backend, node)
+    t.say(f"$ ipsec-lab capture {node} -w wire.pcap    (its underlay; in the TUI: 6, Capture)")
+    try:
+        lines = capture_during(under, curls)
+        t.say(f"  {node}'s underlay is {under.iface}; tcpdump printed {len(lines)} lines, e.g.:")
+        for line in [ln for ln in lines if "ESP" in ln][:4] or lines[:4]:
+            t.say(f"  {line}")
+        s = under.summary(spec.pod_supernet)
+        if s is not None and under.pcap_path is not None:
+            marker = pcap.summarize(str(under.pcap_path), spec.pod_supernet, b"SECRET-MARKER").marker_hits
+            t.say(f"captured {describe(s)}; {marker} carrying the marker")
+    finally:
+        under.close()
+    inner = CaptureSession(backend, node, "cni0", "tcp port 8080")
+    t.say(f"$ ipsec-lab capture {node} --iface cni0 --filter 'tcp port 8080'    (inside the node, decrypted)")
+    try:
+        lines = capture_during(inner, curls)
+    finally:
+        inner.close()
+    for line in [ln for ln in lines if "HTTP:" in ln][:3] or lines[:3]:
         t.say(f"  {line}")
     return t.lines
 
