@@ -100,6 +100,16 @@ def build_parser() -> ArgumentParser:
     ri.add_argument("node")
     rb = sub.add_parser("reboot", help="reboot a node (processes, namespace and /run wiped, booted again)")
     rb.add_argument("node")
+    lk = sub.add_parser("link", help="impair a node's underlay link: delay, jitter, loss, rate; cut it; clear it",
+                        description="With no option: the link's impairment now. Acts inside the node only.")
+    lk.add_argument("node")
+    lk.add_argument("--delay", type=float, metavar="MS", help="delay every packet leaving the node (netem)")
+    lk.add_argument("--jitter", type=float, metavar="MS", help="vary the delay by up to this much (netem)")
+    lk.add_argument("--loss", type=float, metavar="PCT", help="drop this percentage (netem, else an iptables random drop)")
+    lk.add_argument("--rate", type=float, metavar="MBIT", help="limit to this many Mbit/s (tbf)")
+    lk.add_argument("--cut", action="store_true", help="cut the link (as recover-underlay-outage does)")
+    lk.add_argument("--for", dest="for_s", type=float, metavar="S", help="with --cut: restore it after S seconds")
+    lk.add_argument("--clear", action="store_true", help="remove every impairment and restore a cut link")
     web = sub.add_parser("web", help="serve the TUI to browsers (each tab its own session on the lab)")
     web.add_argument("--lab", dest="web_lab", default=None, help="the lab (default: the global --lab)")
     web.add_argument("--tutorial", dest="web_tutorial", action="store_true", help="serve the tutorial")
@@ -110,14 +120,15 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def print_status(status, console: Console) -> None:
+def print_status(status, console: Console, links: dict[str, str] | None = None) -> None:
     console.print(f"[bold]lab[/] {status.lab}  [bold]backend[/] {status.backend}  [bold]data path[/] {status.datapath}"
                   + (f"  [bold]VMs[/] {status.hypervisor}" if status.hypervisor else ""))
     t = Table(title="nodes", title_justify="left")
-    for col in ("NAME", "IP", "POD CIDR", "STATE", "IPSEC", "PODS", "IPAM"):
+    for col in ("NAME", "IP", "POD CIDR", "STATE", "IPSEC", "PODS", "IPAM", *(["LINK"] if links is not None else [])):
         t.add_column(col)
     for n in status.nodes:
-        t.add_row(n.name, n.ip, n.pod_cidr, n.state, n.ipsec_state, str(n.pods), f"{n.ipam_used}/253")
+        t.add_row(n.name, n.ip, n.pod_cidr, n.state, n.ipsec_state, str(n.pods), f"{n.ipam_used}/253",
+                  *([links.get(n.name, "?")] if links is not None else []))
     console.print(t)
     t = Table(title="tunnels (from strongSwan over vici)", title_justify="left")
     for col in ("NODE", "CONN", "PEER", "IKE", "CHILD", "BYTES IN", "BYTES OUT"):
@@ -228,6 +239,35 @@ def fault_command(backend: Backend, args: argparse.Namespace) -> int:
     return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
 
 
+def link_command(backend: Backend, args: argparse.Namespace) -> int:
+    """`link NODE [--delay MS] [--jitter MS] [--loss PCT] [--rate MBIT] | --cut [--for S] | --clear`."""
+    from .lab.linkshape import Impairment
+    from .live import link
+
+    node = args.node
+    shaping = [f"--{k}" for k in ("delay", "jitter", "loss", "rate") if getattr(args, k) is not None]
+    if sum((bool(shaping), args.cut, args.clear)) > 1:
+        raise UsageError("link: give --cut, --clear, or --delay/--jitter/--loss/--rate, one kind at a time")
+    if args.for_s is not None and not args.cut:
+        raise UsageError("link: --for S goes with --cut")
+    imp = Impairment(args.delay, args.jitter, args.loss, args.rate)  # a bad value: one line, before anything
+    backend.spec().node(node)
+    if args.cut and args.for_s is not None:
+        status = backend.status()
+        plan = FaultPlan.node_fault(status, node, f"cut {node}'s underlay for {args.for_s:g} s")
+        report = run_fault(backend, plan, lambda: link.cut(backend, node, args.for_s))
+        for part in report.parts:
+            out.print(part, markup=False)
+        left = report.watch is not None and report.watch.left_established
+        return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
+    if args.cut:
+        out.print(link.cut(backend, node), markup=False)
+        return ExitCode.OK
+    state = link.clear(backend, node) if args.clear else (link.apply(backend, node, imp) if shaping else link.probe(backend, node))
+    out.print(f"{node} {state.dev}: {state.describe() or 'no impairment'}", markup=False)
+    return ExitCode.OK
+
+
 def web_command(backend: Backend, args: argparse.Namespace) -> int:
     """Bring the lab up if it is not running (here, where its progress prints), then serve it."""
     from . import web  # noqa: PLC0415  (aiohttp and textual-serve only for this command)
@@ -301,11 +341,17 @@ def run_command(args: argparse.Namespace) -> int:
         out.print(f"lab {args.lab}: " + ("removed" if removed else "nothing to remove"))
         return ExitCode.OK
     if cmd == "status":
+        from .live.link import probe_all
+
         status = backend.status()
+        links = probe_all(backend, [n.name for n in status.nodes if n.state == "ready"])  # from the nodes themselves
         if args.json:
-            print(json.dumps(status.to_json(), indent=2))
+            doc = status.to_json()
+            for n in doc["nodes"]:
+                n["link"] = links[n["name"]].to_json() if links.get(n["name"]) else None
+            print(json.dumps(doc, indent=2))
         else:
-            print_status(status, out)
+            print_status(status, out, {n: s.describe() or "-" for n, s in links.items() if s})
         return ExitCode.OK
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -347,6 +393,8 @@ def run_command(args: argparse.Namespace) -> int:
         return fault_command(backend, args)
     if cmd == "web":
         return web_command(backend, args)
+    if cmd == "link":
+        return link_command(backend, args)
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
         return ExitCode.OK
