@@ -4,15 +4,17 @@ the node commands and the parser without root; the recover-underlay-loss check o
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 
 import pytest
 
+from tui.backends.netns import NetnsBackend
 from tui.checks import catalog, impairment
 from tui.checks.base import CheckContext, Outcome
 from tui.checks.runner import run_one
-from tui.lab import linkshape
+from tui.lab import linkshape, preflight
 from tui.lab.errors import UsageError
 from tui.lab.events import Reporter
 from tui.lab.linkshape import Impairment, LinkState
@@ -93,6 +95,18 @@ def test_bad_values_are_one_line(kwargs, message):
 def test_cli_usage_errors(args, message):
     cp = cli("--lab", "nolinklab", "link", "kube-node1", *args)
     assert cp.returncode == 3 and cp.stderr.strip() == f"ipsec-lab: {message}", cp.stderr
+
+
+def test_doctor_reports_netem_and_never_blocks_on_it():
+    f = preflight.check_netem()
+    assert (f.kind, f.name, f.optional) == ("kernel", "netem qdisc", True)
+    assert preflight.missing([f]) == []  # a lab runs without it
+    if not f.ok:
+        assert "Specified qdisc kind is unknown" in f.detail and "cannot --delay or --jitter here" in f.detail
+    cp = cli("doctor", env={**os.environ, "COLUMNS": "400"})
+    line = next(x for x in cp.stdout.splitlines() if "netem qdisc" in x)
+    assert ("absent" in line) == (not f.ok) and "missing" not in line
+    assert cp.returncode == (0 if not preflight.missing(NetnsBackend("doctorlk").doctor()) else 3)
 
 
 # -- on real labs -------------------------------------------------------------------------------

@@ -158,7 +158,8 @@ def print_findings(findings: Sequence[preflight.Finding], console: Console) -> N
     for col in ("NAME", "DEBIAN PACKAGE", "WHERE"):  # folded, never cut: a reader copies them
         t.add_column(col, overflow="fold")
     for f in findings:
-        t.add_row("[green]ok[/]" if f.ok else "[red]missing[/]", f.kind, f.name, f.package or "", f.detail)
+        mark = "[green]ok[/]" if f.ok else ("[yellow]absent[/]" if f.optional else "[red]missing[/]")
+        t.add_row(mark, f.kind, f.name, f.package or "", f.detail)
     console.print(t)
 
 
