@@ -109,6 +109,21 @@ def test_doctor_reports_netem_and_never_blocks_on_it():
     assert cp.returncode == (0 if not preflight.missing(NetnsBackend("doctorlk").doctor()) else 3)
 
 
+def test_link_dialog_words_are_the_commands():
+    from tui.screens.link import parse_link_request  # the TUI dialog's words (no Textual needed to parse)
+
+    assert parse_link_request("loss 20 rate 10") == Impairment(loss_pct=20, rate_mbit=10)
+    assert parse_link_request("--delay 50 --jitter=5") == Impairment(delay_ms=50, jitter_ms=5)
+    assert parse_link_request("loss 5%") == Impairment(loss_pct=5)
+    assert parse_link_request("") == "clear" and parse_link_request("clear") == "clear"
+    assert parse_link_request(" cut ") == "cut"
+    for bad, message in (("lose 20", "'lose': say delay MS, jitter MS, loss PCT, rate MBIT, cut or clear"),
+                         ("loss", "loss needs a number"), ("loss 0", "--loss 0: a percentage above 0, at most 100")):
+        with pytest.raises(UsageError) as e:
+            parse_link_request(bad)
+        assert str(e.value) == message
+
+
 # -- on real labs -------------------------------------------------------------------------------
 def _ping_answered(lab, node: str, ip: str, count: int = 300) -> float:
     res = lab.exec(node, ["ping", "-n", "-q", "-i", "0.01", "-c", str(count), "-W", "1", ip], timeout=30)
