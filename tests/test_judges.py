@@ -57,7 +57,7 @@ JUDGE_FILES = sorted({inspect.getsourcefile(c.judge) or "" for c in catalog.CATA
 
 
 def _failure_lines() -> dict[tuple[str, int], str]:
-    """Line numbers in catalog.py where a judge decides FAILED: each `Verdict.failed(` and each
+    """(file, line) in the judges' files (JUDGE_FILES) where a judge decides FAILED: each `Verdict.failed(` and each
     `bad.append(` inside a judge function (or a helper a judge calls), with the function's name."""
     judges = {"_judge_recovery", "_not_healed"} | {f.__name__ for f in (c.judge for c in catalog.CATALOG)}
     lines: dict[tuple[str, int], str] = {}

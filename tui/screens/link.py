@@ -27,7 +27,7 @@ else:
     _Base = object
 
 LINK_ACTIONS = frozenset({"impair_link"})  # change the lab: hidden in a read-only view
-LINK_POLL_S = 3.0  # how often the nodes' links are read (one tc + iptables per node)
+LINK_POLL_S = 3.0  # how often the nodes' links are read while the Nodes screen shows (one tc + iptables per node)
 _KEYS = {"delay": "delay_ms", "jitter": "jitter_ms", "loss": "loss_pct", "rate": "rate_mbit"}
 
 
@@ -112,7 +112,7 @@ class LinkActions(_Base):
         while not worker.is_cancelled and not self._stop.is_set():
             t0 = time.monotonic()
             st = self.status
-            if st is not None:
+            if st is not None and self.current_mode == "nodes":  # only the Nodes screen shows it
                 found = link.probe_all(self.backend, [n.name for n in st.nodes if n.state == "ready"])
                 self.post_message(LinksUpdated({n: link_text(s) for n, s in found.items()}))
             self._stop.wait(max(0.5, LINK_POLL_S - (time.monotonic() - t0)))
