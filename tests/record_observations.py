@@ -241,6 +241,14 @@ def _mesh_stuck_elsewhere(lab: Any) -> None:
     lab.tunnel_down("kube-node2", "mesh-right")
 
 
+def _duplicate_ike(lab: Any) -> None:
+    """A real duplicate: both ends allow more than one IKE SA per peer, and one initiates again."""
+    for node in ("kube-node1", "kube-node2"):
+        edit_node_file(lab, node, "swanctl/swanctl.conf", lambda s: s.replace("unique = keep", "unique = never"))
+        sh(lab, node, "swanctl --load-all --noprompt >/dev/null")
+    sh(lab, "kube-node2", "swanctl --initiate --ike mesh-left --timeout 5 >/dev/null")
+
+
 def _no_pod_traffic_from_node1(lab: Any) -> None:
     """kube-node1 sends nothing to the pod network (its own or its pods'): no ESP can appear."""
     sh(lab, "kube-node1", "iptables -w -I OUTPUT -d 10.128.0.0/16 ! -o cni0 -j DROP && "
@@ -325,6 +333,21 @@ SCENARIOS: list[Scenario] = [
     Scenario("recover-underlay-outage", "slow-after-restore",
              "kube-node2 drops ICMP from the cut until 15.5 s after the link returns; a 3 s outage",
              lambda lab: block_icmp_across_restore(lab, "kube-node2", 15.5), catalog={"OUTAGE_S": 3.0}),
+    Scenario("recover-underlay-loss", "healthy", "nothing: a fresh lab, this check alone (the catalog's 30 s of loss)"),
+    Scenario("recover-underlay-loss", "loss-not-in-effect",
+             "kube-node2 accepts all it sends on eth0 in mangle POSTROUTING, ahead of the drop rule; 10 s",
+             lambda lab: sh(lab, "kube-node2", "iptables -w -t mangle -I POSTROUTING -o eth0 -j ACCEPT"),
+             catalog={"LOSS_S": 10.0}),
+    Scenario("recover-underlay-loss", "pods-not-answering",
+             "kube-node2 drops TCP 8080 forwarded to its pods; 12 s", lambda lab: sh(
+                 lab, "kube-node2", "iptables -w -I FORWARD -o cni0 -p tcp --dport 8080 -j DROP"),
+             catalog={"LOSS_S": 12.0}),
+    Scenario("recover-underlay-loss", "duplicate-ike",
+             "swanctl.conf unique = never on kube-node1 and kube-node2, reloaded, and kube-node2 initiates "
+             "mesh-left's IKE SA again; 10 s", _duplicate_ike, catalog={"LOSS_S": 10.0}),
+    Scenario("recover-underlay-loss", "mesh-stuck-elsewhere",
+             "kube-node2 <-> kube-node3 down for good (IKE dropped both ways); 10 s, heal wait 3 s",
+             _mesh_stuck_elsewhere, catalog={"LOSS_S": 10.0, "HEAL_TIMEOUT_S": 3.0}),
     Scenario("no-leak-during-faults", "guard-missing",
              "kube-node1's unreachable guard route deleted and it drops kube-node2's IKE: mesh-left stays down; heal wait 3 s",
              lambda lab: (sh(lab, "kube-node1", "ip route del unreachable 10.128.0.0/16"),
@@ -340,16 +363,17 @@ HEALTHY_OUTAGE_S = 10.0  # the healthy run's underlay outage (the catalog's defa
 
 @contextlib.contextmanager
 def catalog_set(values: dict[str, float]) -> Iterator[None]:
-    from tui.checks import catalog
+    from tui.checks import catalog, impairment
 
-    old = {k: getattr(catalog, k) for k in values}
+    where = {k: impairment if hasattr(impairment, k) else catalog for k in values}
+    old = {k: getattr(where[k], k) for k in values}
     try:
         for k, v in values.items():
-            setattr(catalog, k, v)
+            setattr(where[k], k, v)
         yield
     finally:
         for k, v in old.items():
-            setattr(catalog, k, v)
+            setattr(where[k], k, v)
 
 
 def write(check: str, scenario: str, broken: str, result: Any, how: str) -> Path:

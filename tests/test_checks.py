@@ -81,7 +81,7 @@ def test_run_checks_passes_everything_and_writes_reports(tmp_path):
     junit, js = tmp_path / "r.xml", tmp_path / "r.json"
     try:
         cp = cli("--lab", name, "--run-checks", "--junit", str(junit), "--json", str(js), timeout=280,
-                 env={**os.environ, "IPSEC_LAB_OUTAGE_S": str(LONG_OUTAGE_S)})
+                 env={**os.environ, "IPSEC_LAB_OUTAGE_S": str(LONG_OUTAGE_S), "IPSEC_LAB_LOSS_S": "10"})
     finally:
         cli("--lab", name, "down")
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr

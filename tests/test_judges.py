@@ -53,32 +53,34 @@ def test_every_check_has_a_passing_twin_and_a_failing_recording():
 
 
 # -- every failure branch is taken ------------------------------------------------------------
-def _failure_lines() -> dict[int, str]:
-    """Line numbers in catalog.py where a judge decides FAILED: each `Verdict.failed(` and each
+JUDGE_FILES = sorted({inspect.getsourcefile(c.judge) or "" for c in catalog.CATALOG})  # catalog.py, impairment.py
+
+
+def _failure_lines() -> dict[tuple[str, int], str]:
+    """(file, line) in the judges' files (JUDGE_FILES) where a judge decides FAILED: each `Verdict.failed(` and each
     `bad.append(` inside a judge function (or a helper a judge calls), with the function's name."""
-    tree = ast.parse(Path(catalog.__file__).read_text())
     judges = {"_judge_recovery", "_not_healed"} | {f.__name__ for f in (c.judge for c in catalog.CATALOG)}
-    lines: dict[int, str] = {}
-    for fn in tree.body:
-        if isinstance(fn, ast.FunctionDef) and fn.name in judges:
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
-                        (node.func.attr == "failed" and getattr(node.func.value, "id", "") == "Verdict")
-                        or (node.func.attr == "append" and getattr(node.func.value, "id", "") == "bad")):
-                    lines[node.lineno] = fn.name
+    lines: dict[tuple[str, int], str] = {}
+    for path in JUDGE_FILES:
+        for fn in ast.parse(Path(path).read_text()).body:
+            if isinstance(fn, ast.FunctionDef) and fn.name in judges:
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                            (node.func.attr == "failed" and getattr(node.func.value, "id", "") == "Verdict")
+                            or (node.func.attr == "append" and getattr(node.func.value, "id", "") == "bad")):
+                        lines[(path, node.lineno)] = fn.name
     return lines
 
 
 def test_every_failure_branch_of_every_judge_is_taken_by_a_recording():
     wanted = _failure_lines()
     assert len(wanted) > 30  # the parse found the judges' branches
-    hit: set[int] = set()
-    target = catalog.__file__
+    hit: set[tuple[str, int]] = set()
 
     def tracer(frame, event, arg):
-        if frame.f_code.co_filename == target:
+        if frame.f_code.co_filename in JUDGE_FILES:
             if event == "line":
-                hit.add(frame.f_lineno)
+                hit.add((frame.f_code.co_filename, frame.f_lineno))
             return tracer
         return None
 
@@ -90,7 +92,7 @@ def test_every_failure_branch_of_every_judge_is_taken_by_a_recording():
             catalog.BY_NAME[rec["check"]].judge(rec["observation"])
     finally:
         sys.settrace(old)
-    untaken = sorted(f"catalog.py:{n} in {wanted[n]}" for n in wanted if n not in hit)
+    untaken = sorted(f"{Path(f).name}:{n} in {wanted[(f, n)]}" for f, n in wanted if (f, n) not in hit)
     assert not untaken, "failure branches no recording takes: " + ", ".join(untaken)
 
 

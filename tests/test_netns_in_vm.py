@@ -43,7 +43,7 @@ WHEELS = f"{HOME}/wheels"
 LAB = "inv"
 OUTAGE_S = "20"
 # Every command on the VM: the wheels instead of PyPI (the VM has no network), a short outage.
-ENV = f"PIP_NO_INDEX=1 PIP_FIND_LINKS={WHEELS} IPSEC_LAB_OUTAGE_S={OUTAGE_S}"
+ENV = f"PIP_NO_INDEX=1 PIP_FIND_LINKS={WHEELS} IPSEC_LAB_OUTAGE_S={OUTAGE_S} IPSEC_LAB_LOSS_S=10"
 CLI = f"cd {PROJECT} && sudo env {ENV} .venv/bin/ipsec-lab --lab {LAB}"
 
 

@@ -372,3 +372,56 @@ async def test_fake_palette_entries_each_name_an_action_and_one_runs_from_the_pa
         assert command.startswith("kube-node3# swanctl --terminate --ike mesh-right"), command
         await until(pilot, lambda: app.busy is None and calls_of(app, "tunnel_down"), 15, "the action")
         assert calls_of(app, "tunnel_down") == [("tunnel_down", "kube-node3", "mesh-right")]
+
+
+# -- link impairment (tui/screens/link.py) ------------------------------------------------------
+@pytest.mark.timeout(30)
+async def test_fake_l_on_nodes_opens_the_link_dialog_and_applies_what_it_says():
+    from tui.lab import linkshape
+    from tui.lab.linkshape import Impairment
+
+    app = fake_app("nodes")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "l")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen), 5, "the link dialog")
+        assert "Impair kube-node2's underlay link" in str(app.screen.title_text)
+        await pilot.press(*"lose 20", "enter")  # a word the command does not know: one line, nothing runs
+        await until(pilot, lambda: not isinstance(app.screen, PromptScreen), 5, "the dialog closed")
+        await pilot.pause(0.2)
+        assert calls_of(app, "exec") == []
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen), 5, "the link dialog again")
+        await pilot.press(*"loss 20 rate 10", "enter")
+        await until(pilot, lambda: calls_of(app, "exec") and app.busy is None, 15, "the action")
+        argv = linkshape.apply_argv(Impairment(loss_pct=20, rate_mbit=10), "192.168.56.12")
+        assert calls_of(app, "exec")[0] == ("exec", "kube-node2", tuple(argv))  # the node's own commands
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(90)
+async def test_link_loss_from_the_nodes_screen_shows_in_its_column_and_on_the_timeline(lab):
+    from tui.live import link
+
+    app = new_app(lab)
+    backend = NetnsBackend(lab)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            table = app.screen.query_one("#nodes-table", DataTable)
+            await until(pilot, lambda: table.row_count == 3 and app.links.get("kube-node2") == "", 15,
+                        "the LINK column read from the nodes")
+            await pilot.press("down", "l")
+            await until(pilot, lambda: isinstance(app.screen, PromptScreen), 5, "the link dialog")
+            await pilot.press(*"loss 50", "enter")
+            await until(pilot, lambda: app.links.get("kube-node2") == "loss 50% (iptables)"
+                        or app.links.get("kube-node2") == "loss 50%", 15, "the LINK column")
+            assert str(table.get_row("kube-node2")[8]).startswith("loss 50%")
+            # The pinger's one ping a second across each pair misses about half the seconds of the
+            # pairs with kube-node2: the reachability timeline shows them down.
+            await until(pilot, lambda: "▁" in app.reach.cells(("kube-node1", "kube-node2")), 20,
+                        "a lost second on the n1↔n2 timeline")
+            await pilot.press("l")
+            await until(pilot, lambda: isinstance(app.screen, PromptScreen), 5, "the link dialog")
+            await pilot.press(*"clear", "enter")
+            await until(pilot, lambda: app.links.get("kube-node2") == "", 15, "the link cleared")
+    finally:
+        link.clear(backend, "kube-node2")  # the module's lab is shared: never leave it impaired

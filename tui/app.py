@@ -40,6 +40,7 @@ from .screens.base import LabScreen
 from .screens.capture import CaptureScreen
 from .screens.checks import ChecksScreen, load_catalog
 from .screens.commands import LabCommands
+from .screens.link import LinkActions
 from .screens.dialogs import ErrorScreen, HelpScreen, QuitScreen, ReplyScreen
 from .screens.logs import LogsScreen
 from .screens.nodes import NodesScreen
@@ -49,7 +50,7 @@ from .screens.tunnels import TunnelsScreen
 MAX_PING_NODES = 8  # above this the timeline comes from tunnel states only (pings would cost N^2 a second)
 
 
-class IpsecLabApp(LabActions, App[str]):
+class IpsecLabApp(LinkActions, LabActions, App[str]):
     """ipsec-lab's TUI. `exit()` returns "stop" when the user chose to stop the lab, else "leave"."""
 
     TITLE = "ipsec-lab"
@@ -93,6 +94,8 @@ class IpsecLabApp(LabActions, App[str]):
     """What the app is doing while there is no status (the lab bar shows it)."""
     progress: reactive[Progress | None] = reactive(None, init=False)
     """The bring-up's progress, while this app brings the lab up (the Logs screen shows it)."""
+    links: reactive[dict[str, str]] = reactive(dict, always_update=True, init=False)
+    """Node -> its underlay link's impairment as the node reports it ("" none, "?" not asked)."""
     busy: reactive[str | None] = reactive(None, init=False)
     """The action or check run under way (one at a time), or None."""
     last_fault: reactive[str] = reactive("", init=False)
@@ -240,6 +243,7 @@ class IpsecLabApp(LabActions, App[str]):
         self.poll_status()
         if self.live_probes:
             self.ping_pairs()
+            self.poll_links()
         if self.tail_logs:
             self.tail_charon()
 

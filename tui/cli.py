@@ -114,6 +114,16 @@ def build_parser() -> ArgumentParser:
     cap.add_argument("-w", dest="write", default=None, metavar="FILE", help="write a pcap (Wireshark opens it)")
     cap.add_argument("--count", type=int, default=None, metavar="N", help="stop after N packets")
     cap.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    lk = sub.add_parser("link", help="impair a node's underlay link: delay, jitter, loss, rate; cut it; clear it",
+                        description="With no option: the link's impairment now. Acts inside the node only.")
+    lk.add_argument("node")
+    lk.add_argument("--delay", type=float, metavar="MS", help="delay every packet leaving the node (netem)")
+    lk.add_argument("--jitter", type=float, metavar="MS", help="vary the delay by up to this much (netem)")
+    lk.add_argument("--loss", type=float, metavar="PCT", help="drop this percentage (netem, else an iptables random drop)")
+    lk.add_argument("--rate", type=float, metavar="MBIT", help="limit to this many Mbit/s (tbf)")
+    lk.add_argument("--cut", action="store_true", help="cut the link (as recover-underlay-outage does)")
+    lk.add_argument("--for", dest="for_s", type=float, metavar="S", help="with --cut: restore it after S seconds")
+    lk.add_argument("--clear", action="store_true", help="remove every impairment and restore a cut link")
     web = sub.add_parser("web", help="serve the TUI to browsers (each tab its own session on the lab)")
     web.add_argument("--lab", dest="web_lab", default=None, help="the lab (default: the global --lab)")
     web.add_argument("--tutorial", dest="web_tutorial", action="store_true", help="serve the tutorial")
@@ -124,14 +134,15 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def print_status(status, console: Console) -> None:
+def print_status(status, console: Console, links: dict[str, str] | None = None) -> None:
     console.print(f"[bold]lab[/] {status.lab}  [bold]backend[/] {status.backend}  [bold]data path[/] {status.datapath}"
                   + (f"  [bold]VMs[/] {status.hypervisor}" if status.hypervisor else ""))
     t = Table(title="nodes", title_justify="left")
-    for col in ("NAME", "IP", "POD CIDR", "STATE", "IPSEC", "PODS", "IPAM"):
+    for col in ("NAME", "IP", "POD CIDR", "STATE", "IPSEC", "PODS", "IPAM", *(["LINK"] if links is not None else [])):
         t.add_column(col)
     for n in status.nodes:
-        t.add_row(n.name, n.ip, n.pod_cidr, n.state, n.ipsec_state, str(n.pods), f"{n.ipam_used}/253")
+        t.add_row(n.name, n.ip, n.pod_cidr, n.state, n.ipsec_state, str(n.pods), f"{n.ipam_used}/253",
+                  *([links.get(n.name, "?")] if links is not None else []))
     console.print(t)
     t = Table(title="tunnels (from strongSwan over vici)", title_justify="left")
     for col in ("NODE", "CONN", "PEER", "IKE", "CHILD", "BYTES IN", "BYTES OUT"):
@@ -161,7 +172,8 @@ def print_findings(findings: Sequence[preflight.Finding], console: Console) -> N
     for col in ("NAME", "DEBIAN PACKAGE", "WHERE"):  # folded, never cut: a reader copies them
         t.add_column(col, overflow="fold")
     for f in findings:
-        t.add_row("[green]ok[/]" if f.ok else "[red]missing[/]", f.kind, f.name, f.package or "", f.detail)
+        mark = "[green]ok[/]" if f.ok else ("[yellow]absent[/]" if f.optional else "[red]missing[/]")
+        t.add_row(mark, f.kind, f.name, f.package or "", f.detail)
     console.print(t)
 
 
@@ -277,6 +289,32 @@ def capture_command(backend: Backend, args: argparse.Namespace) -> int:
                 err.print(f"{describe(summary)}; wrote {dest}", markup=False)
         finally:
             session.close()
+def link_command(backend: Backend, args: argparse.Namespace) -> int:
+    """`link NODE [--delay MS] [--jitter MS] [--loss PCT] [--rate MBIT] | --cut [--for S] | --clear`."""
+    from .lab.linkshape import Impairment
+    from .live import link
+
+    node = args.node
+    shaping = [f"--{k}" for k in ("delay", "jitter", "loss", "rate") if getattr(args, k) is not None]
+    if sum((bool(shaping), args.cut, args.clear)) > 1:
+        raise UsageError("link: give --cut, --clear, or --delay/--jitter/--loss/--rate, one kind at a time")
+    if args.for_s is not None and not args.cut:
+        raise UsageError("link: --for S goes with --cut")
+    imp = Impairment(args.delay, args.jitter, args.loss, args.rate)  # a bad value: one line, before anything
+    backend.spec().node(node)
+    if args.cut and args.for_s is not None:
+        status = backend.status()
+        plan = FaultPlan.node_fault(status, node, f"cut {node}'s underlay for {args.for_s:g} s")
+        report = run_fault(backend, plan, lambda: link.cut(backend, node, args.for_s))
+        for part in report.parts:
+            out.print(part, markup=False)
+        left = report.watch is not None and report.watch.left_established
+        return ExitCode.CHECK_FAILED if left and not report.watch.recovered else ExitCode.OK
+    if args.cut:
+        out.print(link.cut(backend, node), markup=False)
+        return ExitCode.OK
+    state = link.clear(backend, node) if args.clear else (link.apply(backend, node, imp) if shaping else link.probe(backend, node))
+    out.print(f"{node} {state.dev}: {state.describe() or 'no impairment'}", markup=False)
     return ExitCode.OK
 
 
@@ -353,12 +391,18 @@ def run_command(args: argparse.Namespace) -> int:
         out.print(f"lab {args.lab}: " + ("removed" if removed else "nothing to remove"))
         return ExitCode.OK
     if cmd == "status":
+        from .live.link import probe_all
+
         status = backend.status()
         rekey_s = backend.spec().rekey_s
+        links = probe_all(backend, [n.name for n in status.nodes if n.state == "ready"])  # from the nodes themselves
         if args.json:
-            print(json.dumps(status.to_json() | ({"rekey_s": rekey_s} if rekey_s else {}), indent=2))
+            doc = status.to_json() | ({"rekey_s": rekey_s} if rekey_s else {})
+            for n in doc["nodes"]:
+                n["link"] = links[n["name"]].to_json() if links.get(n["name"]) else None
+            print(json.dumps(doc, indent=2))
         else:
-            print_status(status, out)
+            print_status(status, out, {n: s.describe() or "-" for n, s in links.items() if s})
             if rekey_s:
                 out.print(f"short SA lifetimes (up --rekey-s {rekey_s}): CHILD SAs rekey every {rekey_s} s, "
                           f"IKE SAs every {4 * rekey_s} s")
@@ -412,6 +456,8 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.OK if report.rekeyed and report.lost == 0 and report.gap is not None else ExitCode.CHECK_FAILED
     if cmd == "capture":
         return capture_command(backend, args)
+    if cmd == "link":
+        return link_command(backend, args)
     if cmd == "tunnel-up":
         backend.tunnel_up(args.node, args.conn)
         return ExitCode.OK

@@ -26,6 +26,13 @@ class StatusUpdated(Message):
 
 
 @dataclass(eq=False)
+class LinksUpdated(Message):
+    """Nodes' underlay links as the nodes report them: node -> the LINK column's text ("?": not asked)."""
+
+    links: dict[str, str]
+
+
+@dataclass(eq=False)
 class StatusFailed(Message):
     """The status could not be read (the lab went away, a node is mid-reboot)."""
 

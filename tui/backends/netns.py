@@ -163,7 +163,7 @@ class NetnsBackend(Backend):
             found.append(preflight.Finding("kernel", "data path", True, f"{datapath} ({why})"))
         spec = LabSpec.build(self.lab, 3)
         found += self.lab_findings(render.render_lab(spec, datapath=datapath, secrets=_secrets(spec, lambda: "x")), datapath)
-        return found
+        return [*found, preflight.check_netem()]
 
     def _probe_datapath(self) -> tuple[str, str]:
         """kernel-xfrm where the kernel has ESP and XFRM interfaces, else kernel-libipsec; and why."""
@@ -193,6 +193,9 @@ class NetnsBackend(Backend):
     # so a missing piece is refused before even the lab's lock file exists.
     def preflight(self, spec: LabSpec) -> None:
         preflight.require(self.host_findings())
+        netem = preflight.check_netem()  # never blocks: `link --delay` says so when asked
+        if not netem.ok:
+            self.reporter.line(f"note: {netem.detail}")
 
     def choose_datapath(self, requested: str | None) -> str:
         if requested is None:

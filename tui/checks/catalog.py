@@ -26,6 +26,7 @@ from ..lab.errors import LabError
 from ..lab.model import Pod
 from ..lab.proc import Result
 from .base import Check, CheckContext, FaultWatch, Measurement, Outcome, Verdict
+from . import impairment
 
 # Bounds the recovery checks assert (seconds), per kind of node (Backend.nodes_are_vms). Generous
 # against the measured figures so a busy CI machine does not flake; every result prints its bound.
@@ -916,6 +917,10 @@ CATALOG: list[Check[Any]] = [
     Check("recover-underlay-outage", "the mesh survives a long underlay outage",
           f"cut kube-node2's underlay link for {OUTAGE_S:.0f} s, restore it, under a 10 ms ping loop",
           collect_recover_underlay_outage, judge_recover_underlay_outage, disruptive=True),
+    Check("recover-underlay-loss", "the mesh holds through a lossy underlay: no tunnel lost, no duplicate IKE SA",
+          f"{impairment.LOSS_PCT:g}% loss on kube-node2's underlay for {impairment.LOSS_S:.0f} s, pod-to-pod requests "
+          "and a 10 ms ping loop across it", impairment.collect_recover_underlay_loss,
+          impairment.judge_recover_underlay_loss, disruptive=True),
     Check("no-leak-during-faults", "no pod traffic leaves in clear while the faults above run",
           "tcpdump on the underlay during every fault", collect_no_leak, judge_no_leak, disruptive=True,
           watches_faults=FaultWatch(start=start_fault_capture, stop=_end_fault_capture)),

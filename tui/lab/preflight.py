@@ -74,6 +74,7 @@ class Finding:
     ok: bool
     detail: str  # where it was found, or where it was looked for
     package: str | None = None
+    optional: bool = False  # a lab runs without it (a feature is missing): reported, never blocking
 
     def line(self) -> str:
         """The one line `up` prints when this is missing: what, where, and how to fix it."""
@@ -157,8 +158,26 @@ def check_tun() -> Finding:
                    "/dev/net/tun is missing: the kernel-libipsec data path needs TUN (modprobe tun)")
 
 
+def check_netem() -> Finding:
+    """The kernel's netem qdisc (`ipsec-lab link --delay/--jitter`), asked in a network namespace
+    of its own that ends with the probe (unshare -n): this machine's interfaces are not touched."""
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("tc") is None or os.geteuid() != 0:
+        return Finding("kernel", "netem qdisc", True, "not probed (needs root, unshare and tc)", optional=True)
+    p = subprocess.run(["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                       capture_output=True, text=True, timeout=10)
+    if p.returncode == 0:
+        return Finding("kernel", "netem qdisc", True, "this kernel has netem: link --delay/--jitter/--loss use it",
+                       optional=True)
+    why = (p.stderr.strip().splitlines() or ["tc failed"])[-1]
+    return Finding("kernel", "netem qdisc", False, f"this kernel has no netem ({why}): `ipsec-lab link` cannot "
+                   "--delay or --jitter here; --loss uses an iptables random drop, --rate tbf", optional=True)
+
+
 def missing(findings: Iterable[Finding]) -> list[Finding]:
-    return [f for f in findings if not f.ok]
+    """What blocks a lab (an optional finding never does)."""
+    return [f for f in findings if not f.ok and not f.optional]
 
 
 def require(findings: Iterable[Finding]) -> None:

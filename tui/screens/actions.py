@@ -22,6 +22,7 @@ from ..live.text import seed_command, take_down_command
 from ..messages import ActionDone, CheckDone, CurlReplied, FaultChanged, StatusUpdated, TutorialChanged
 from ..tutorial import controller as tutorial_control
 from .dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
+from .link import LINK_ACTIONS
 
 if TYPE_CHECKING:
     from ..app import IpsecLabApp
@@ -386,4 +387,5 @@ class LabActions(_Base):
 # Derived, so that a new action is read-only-safe by default: it is hidden until it is proven harmless.
 CHANGES_THE_LAB = frozenset(
     {name.removeprefix("action_") for name in vars(LabActions) if name.startswith("action_")} | {"bring_up", "stop_lab"}
+    | LINK_ACTIONS
 )
