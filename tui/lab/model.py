@@ -32,6 +32,10 @@ IPSEC_OVERHEAD = 80
 LIBIPSEC_TUN_MTU = 1400
 
 
+# How the nodes authenticate each other: "psk", one random pre-shared key per node pair (the seed's
+# choice, the default), or "x509", a lab CA and one certificate per node (tui/lab/certs.py).
+AUTH_METHODS = ("psk", "x509")
+
 MAX_REPLICAS = 250  # one node's /24, less the network, cni0 and broadcast addresses
 
 
@@ -111,6 +115,7 @@ class LabSpec:
     ike_proposal: str = DEFAULT_IKE_PROPOSAL
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
     underlay_mtu: int = 1500
+    auth: str = "psk"  # AUTH_METHODS
 
     @classmethod
     def build(
@@ -121,9 +126,12 @@ class LabSpec:
         pod_supernet: str = DEFAULT_POD_SUPERNET,
         *,
         underlay_mtu: int = 1500,
+        auth: str = "psk",
     ) -> "LabSpec":
         """Validate user input and build a spec; raises UsageError with one clear line."""
         naming.validate_lab_name(name)
+        if auth not in AUTH_METHODS:
+            raise UsageError(f"unknown authentication {auth!r}; expected one of {', '.join(AUTH_METHODS)}")
         if not isinstance(nodes, int) or not MIN_NODES <= nodes <= MAX_NODES:
             raise UsageError(f"node count must be between {MIN_NODES} and {MAX_NODES}, got {nodes}")
         underlay_net = _parse_net("underlay subnet", underlay)
@@ -136,7 +144,8 @@ class LabSpec:
             )
         if pods_net.prefixlen > 23 or 2 ** (24 - pods_net.prefixlen) <= nodes:
             raise UsageError(f"pod supernet {pods_net} cannot hold a /24 for each of {nodes} nodes")
-        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, underlay_mtu=underlay_mtu)
+        return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, underlay_mtu=underlay_mtu,
+                   auth=auth)
 
     # -- topology ---------------------------------------------------------------------------
     @property
@@ -204,6 +213,7 @@ class LabSpec:
             "ike_proposal": self.ike_proposal,
             "esp_proposal": self.esp_proposal,
             "underlay_mtu": self.underlay_mtu,
+            "auth": self.auth,
         }
 
     @classmethod
@@ -216,6 +226,7 @@ class LabSpec:
             ike_proposal=d["ike_proposal"],
             esp_proposal=d["esp_proposal"],
             underlay_mtu=int(d.get("underlay_mtu", 1500)),
+            auth=str(d.get("auth", "psk")),
         )
 
 
