@@ -39,6 +39,10 @@ def test_bad_auth_is_one_line_exit_3_and_creates_nothing():
     lines = cp.stderr.strip().splitlines()
     assert len(lines) == 1 and "--auth" in lines[0] and "'foo'" in lines[0] and "x509" in lines[0], cp.stderr
     assert not Path(f"/run/ipsec-lab/{lab}").exists() and lab_namespaces(lab) == []
+    for argv in (("--auth", "foo", "--run-checks"), ("--auth", "foo")):  # the check suite's lab, the TUI's
+        cp = cli("--lab", lab, *argv, timeout=30)
+        assert cp.returncode == 3 and len(cp.stderr.strip().splitlines()) == 1 and "'foo'" in cp.stderr, cp.stderr
+    assert not Path(f"/run/ipsec-lab/{lab}").exists() and lab_namespaces(lab) == []
     with pytest.raises(UsageError, match="unknown authentication 'foo'; expected one of psk, x509"):
         LabSpec.build(lab, 3, auth="foo")
 
@@ -251,3 +255,39 @@ def test_tunnels_screen_shows_the_auth_method_and_peer_certificate():
     assert "authentication   pre-shared key\n" in psk and "peer certificate" not in psk
     assert "authentication" not in detail_text(TunnelStatus("kube-node1", "mesh-left", "kube-node2", "DOWN", "DOWN"),
                                                None, 0.0).plain
+
+
+@pytest.mark.lab
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_the_tui_brings_up_an_x509_lab_and_shows_the_peer_certificate():
+    """`ipsec-lab --auth x509` (the TUI): the app brings the lab up with certificates, and the
+    Tunnels screen's SA detail shows the method and the peer's certificate subject."""
+    from textual.widgets import Static
+
+    from tui.app import IpsecLabApp
+    from tui.backends.netns import NetnsBackend
+    from tui.widgets.matrix import TunnelMatrix
+
+    from .test_tui_pilot import SIZE, until
+
+    name = unique_lab("xt")
+    backend = NetnsBackend(name)
+    try:
+        app = IpsecLabApp(backend, deploy_replicas=0, poll_interval=0.3, auth="x509")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.status is not None and app.status.all_tunnels_up, 60, "all tunnels up")
+            assert backend.spec().auth == "x509"
+            await pilot.press("2")
+            await until(pilot, lambda: app.current_mode == "tunnels", 5, "tunnels screen")
+            matrix = app.screen.query_one(TunnelMatrix)
+            await until(pilot, lambda: matrix.selected is not None, 5, "a selected tunnel")
+
+            def detail() -> str:
+                return str(app.screen.query_one("#tunnel-detail", Static).render())
+            await until(pilot, lambda: "peer certificate" in detail(), 10, "the peer certificate in the detail")
+            assert "public key (X.509)" in detail()
+            assert f"O=ipsec-lab, OU={name}, CN={matrix.selected.peer}" in detail()
+    finally:
+        backend.down()
+        assert lab_namespaces(name) == []

@@ -58,7 +58,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", dest="json_path", metavar="PATH", help="with --run-checks: write JSON results")
     p.add_argument("--keep", action="store_true", help="with --run-checks: keep the lab up afterwards")
     p.add_argument("--auth", choices=AUTH_METHODS, default=None,
-                   help="with --run-checks: how the lab it brings up authenticates (psk or x509; default psk)")
+                   help="how a lab the TUI or --run-checks brings up authenticates: psk (default) or x509")
     p.add_argument("-q", "--quiet", action="store_true", help="print steps, not every provisioning line")
     p.add_argument("--read-only", action="store_true",
                    help="open the TUI as a view: no action, shell, fault or check is offered")
