@@ -32,6 +32,8 @@ LAB_PACKAGES=(
     # strongswan.conf loads: openssl (standard-plugins) and kernel-libipsec (extra-plugins)
     strongswan-charon strongswan-swanctl strongswan-starter
     libstrongswan-standard-plugins libcharon-extra-plugins
+    # strongSwan's `pki`: the lab CA and the node certificates of `up --auth x509`
+    strongswan-pki
     # the CNI plugins (bridge, host-local, loopback) and what the node scripts and checks call
     containernetworking-plugins iproute2 iptables tcpdump curl iputils-ping procps util-linux mount
     # the Python the app runs on, and the trust store pip needs

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tui.backends import vagrant_files as vf
 from tui.lab import render
+from tui.lab.certs import NodeCredentials
 from tui.lab.model import LabSpec, Service, pair_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,30 @@ def netns_node(datapath: str) -> dict[Path, str]:
     return {GOLDEN / "netns" / datapath / "kube-node1" / role: f.content for role, f in files.items()}
 
 
+def fixed_credentials(spec: LabSpec) -> dict[str, NodeCredentials]:
+    """Stand-ins for `up --auth x509`'s PEM files (a real lab makes new ones with `pki` each time;
+    tests/test_certs.py proves those on real labs): the goldens show where each one goes."""
+    ca = "-----BEGIN CERTIFICATE-----\nTHE LAB CA\n-----END CERTIFICATE-----\n"
+    return {n.name: NodeCredentials(n.name, f"-----BEGIN CERTIFICATE-----\n{n.name}\n-----END CERTIFICATE-----\n",
+                                    f"-----BEGIN PRIVATE KEY-----\n{n.name}\n-----END PRIVATE KEY-----\n", ca)
+            for n in spec.node_list()}
+
+
+def x509_nodes() -> dict[Path, str]:
+    """`up --auth x509`: kube-node1's swanctl.conf and credential files, netns (kernel-libipsec)
+    and VM (node mode none; the files the provisioning installs, and the manifest naming where)."""
+    spec = LabSpec.build("lab", 3, auth="x509")
+    creds = fixed_credentials(spec)
+    ns = render.render_node(spec, spec.node(1), datapath="kernel-libipsec", secrets={}, credentials=creds)
+    vm = render.render_vm_node(spec, spec.node(1), secrets=psks(spec), kube=replace(KUBE, mode="none"),
+                               credentials=creds)
+    out = {GOLDEN / "x509" / "netns" / "kube-node1" / role: f.content for role, f in ns.items()
+           if role == "swanctl.conf" or role.startswith(render.SWANCTL_ROLE_PREFIX)}
+    out |= {GOLDEN / "x509" / "vagrant" / "kube-node1" / role: f.content for role, f in vm.items()
+            if role == "swanctl.conf" or role.startswith(render.SWANCTL_ROLE_PREFIX)}
+    return out | {GOLDEN / "x509" / "vagrant" / "kube-node1" / "manifest.tsv": vf.manifest(vm)}
+
+
 def kube_proxy() -> dict[Path, str]:
     spec = LabSpec.build("lab", 3)
     d = GOLDEN / "netns" / "kube-proxy"
@@ -57,7 +82,7 @@ def all_goldens() -> dict[Path, str]:
     out |= vm_node("kube-node1", "none")
     for datapath in render.DATAPATHS:
         out |= netns_node(datapath)
-    return out | kube_proxy()
+    return out | kube_proxy() | x509_nodes()
 
 
 def check(expected: dict[Path, str]) -> None:

@@ -128,8 +128,10 @@ class IpsecLabApp(LinkActions, LabActions, App[str]):
         check_runner: Callable[..., object] | None = None,
         tutorial=None,
         read_only: bool = False,
+        auth: str = "psk",  # how a lab this app brings up authenticates (`ipsec-lab --auth x509`)
     ) -> None:
         super().__init__()
+        self.auth = auth
         self.tutorial = tutorial  # a tui.tutorial.session.TutorialSession in tutorial mode
         # A view for watchers (`ipsec-lab web --read-only`): no action, shell, fault or check is offered
         # (check_action hides their keys, the palette leaves them out, and each action refuses).
@@ -209,7 +211,7 @@ class IpsecLabApp(LinkActions, LabActions, App[str]):
         self.log_line("app", f"no lab {self.lab_name!r} is running: bringing one up with {self.nodes_wanted} nodes")
         self.sink.source, self.sink.counter = "provisioning", counter
         try:
-            b.up(LabSpec.build(self.lab_name, self.nodes_wanted))
+            b.up(LabSpec.build(self.lab_name, self.nodes_wanted, auth=self.auth))
             if self.deploy_replicas:
                 b.deploy(self.deploy_replicas)
         except Exception:

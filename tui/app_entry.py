@@ -23,7 +23,8 @@ def run_tui(args: argparse.Namespace) -> int:
     out = Console(highlight=False)
     lab = args.lab
     nodes = node_count(args.nodes)
-    LabSpec.build(lab, nodes)  # bad input is a usage error before the screen is taken over
+    auth = getattr(args, "auth", None) or "psk"
+    LabSpec.build(lab, nodes, auth=auth)  # bad input is a usage error before the screen is taken over
     if args.read_only and getattr(args, "tutorial", False):
         raise UsageError("--tutorial and --read-only: the tutorial acts on the lab, so it has no read-only view")
     backend = get_backend(lab_backend_name(lab, args.backend), lab, Reporter(), node_mode=args.kubernetes)
@@ -36,7 +37,7 @@ def run_tui(args: argparse.Namespace) -> int:
         tutorial = TutorialSession(backend)
     # In tutorial mode deploying is a step of its own, so a new lab starts without pods.
     app = IpsecLabApp(backend, nodes=nodes, tutorial=tutorial, deploy_replicas=0 if tutorial else 9,
-                      read_only=args.read_only)
+                      read_only=args.read_only, auth=auth)
     choice = app.run()
     app._stop.set()
     if args.web_session:  # a browser tab of `ipsec-lab web`: its stdout is the web driver's pipe, no place for text

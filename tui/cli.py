@@ -23,7 +23,7 @@ from .exitcodes import ExitCode
 from .lab.errors import LabError, UsageError
 from .lab import preflight
 from .lab.events import Reporter
-from .lab.model import LabSpec, node_count
+from .lab.model import AUTH_METHODS, LabSpec, node_count
 from .lab.state import list_labs
 from .live.console import ConsoleSink
 from .live.fault import FaultPlan, run_fault
@@ -58,6 +58,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--junit", metavar="PATH", help="with --run-checks: write JUnit XML")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="with --run-checks: write JSON results")
     p.add_argument("--keep", action="store_true", help="with --run-checks: keep the lab up afterwards")
+    p.add_argument("--auth", choices=AUTH_METHODS, default=None,
+                   help="how a lab the TUI or --run-checks brings up authenticates: psk (default) or x509")
     p.add_argument("-q", "--quiet", action="store_true", help="print steps, not every provisioning line")
     p.add_argument("--read-only", action="store_true",
                    help="open the TUI as a view: no action, shell, fault or check is offered")
@@ -70,6 +72,8 @@ def build_parser() -> ArgumentParser:
     up.add_argument("--pod-supernet", default="10.128.0.0/16", help="pod supernet, a /24 per node (default 10.128.0.0/16)")
     up.add_argument("--datapath", choices=("auto", "kernel-xfrm", "kernel-libipsec"), default="auto",
                     help="IPsec data path (default: detect)")
+    up.add_argument("--auth", dest="up_auth", choices=AUTH_METHODS, default=None,
+                    help="psk (default: a random pre-shared key per node pair) or x509 (a lab CA, a certificate per node)")
     up.add_argument("--deploy", type=int, metavar="N", default=None, help="also deploy N bootcamp replicas")
     up.add_argument("--rekey-s", type=int, metavar="N", default=None,
                     help="short SA lifetimes: CHILD SAs rekey every N s, IKE SAs every 4 N s (default: strongSwan's 1 h)")
@@ -372,7 +376,8 @@ def run_command(args: argparse.Namespace) -> int:
         return doctor(backend, install=args.install)
     if cmd == "up":
         nodes = node_count(args.up_nodes, args.nodes)
-        spec = LabSpec.build(args.lab, nodes, args.underlay, args.pod_supernet, rekey_s=args.rekey_s)
+        spec = LabSpec.build(args.lab, nodes, args.underlay, args.pod_supernet, rekey_s=args.rekey_s,
+                             auth=args.up_auth or args.auth or "psk")
         datapath = None if args.datapath == "auto" else args.datapath
         t0 = time.monotonic()
         try:

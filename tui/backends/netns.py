@@ -30,13 +30,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..lab import commands, naming, preflight, proc, render, state as labstate
+from ..lab import certs, commands, naming, preflight, proc, render, state as labstate
 from ..lab.errors import LabError, NotFoundError, UsageError
 from ..lab.events import Reporter
 from ..lab.model import NODE_PORT_RANGE, POD_PORT, LabSpec, Node, Pod, Service, pair_key, validate_node_port, validate_replicas
 from ..lab.proc import ProcRef, Result
 from ..lab.status import LabStatus, NodeStatus, TunnelStatus
-from ..lab.vici_status import list_sas, tunnel_statuses
+from ..lab.vici_status import list_auth, list_sas, tunnel_statuses
 from .base import Backend, Plan, parallel
 from .netns_state import Deployment, NetnsState, NodeRecord, PodRecord
 
@@ -210,6 +210,11 @@ class NetnsBackend(Backend):
         return requested  # kernel-libipsec runs anywhere preflight passed (render refuses unknown ones)
 
     def plan(self, spec: LabSpec, datapath: str) -> Plan:
+        if spec.auth == "x509":  # a lab CA and node keys, in memory: the keys go to the nodes' files only
+            secrets: dict[str, str] = {}
+            creds = certs.lab_credentials(spec)
+            files = render.render_lab(spec, datapath=datapath, secrets=secrets, credentials=creds)
+            return Plan(spec, datapath, files, secrets, detail=f"X.509: lab CA, {len(creds)} node certificates")
         secrets = _secrets(spec, lambda: pysecrets.token_hex(32))
         return Plan(spec, datapath, render.render_lab(spec, datapath=datapath, secrets=secrets), secrets)
 
@@ -259,7 +264,9 @@ class NetnsBackend(Backend):
             "node-boot.sh": etc / "ipsec-lab" / "node-boot.sh",
         }
         for role, f in files.items():
-            labstate.write_file(targets[role], f.content, f.mode)
+            # X.509 files (render.credential_files) are named by their path below the node's etc/.
+            target = etc / role if role.startswith(render.SWANCTL_ROLE_PREFIX) else targets[role]
+            labstate.write_file(target, f.content, f.mode)
         self.paths.node_log(node).mkdir(parents=True, exist_ok=True)
 
     def _create_underlay(self, spec: LabSpec) -> None:
@@ -747,9 +754,12 @@ class NetnsBackend(Backend):
             running = proc.alive(rec.charon)
             try:
                 sas = list_sas(str(self.paths.vici_socket(n.name)), timeout=1.0) if running else None
+                auth = list_auth(str(self.paths.vici_socket(n.name)), sas, timeout=1.0) if running else {}
             except OSError:
-                sas = None
-            tunnels.extend(tunnel_statuses(spec.tunnels_of(n), sas))
+                sas, auth = None, {}
+            # The SA detail also says how each peer authenticated (and its certificate's subject).
+            tunnels.extend(replace(t, detail=t.detail | auth.get(t.name, {}))
+                           for t in tunnel_statuses(spec.tunnels_of(n), sas))
             nodes.append(NodeStatus(
                 name=n.name, ip=str(n.underlay_ip), pod_cidr=str(n.pod_cidr), state=rec.state,
                 ipsec_state="running" if running else "stopped", ipsec_uptime=proc.uptime_of(rec.charon),

@@ -53,7 +53,7 @@ from ..lab.model import (NODE_PORT_RANGE, POD_PORT, LabSpec, Pod, Service, valid
                          validate_replicas)
 from ..lab.proc import Result, RunningCommand
 from ..lab.status import LabStatus, NodeStatus, TunnelStatus
-from ..lab.vici_status import tunnel_statuses
+from ..lab.vici_status import auth_details, tunnel_statuses
 from ..vm import box as offline_box, hypervisor as hv
 from . import vagrant_files as vf, vagrant_preflight as vp, workload
 from .base import Backend, Plan, parallel, parallel_or_error, split_complete_lines
@@ -575,7 +575,9 @@ class VagrantBackend(Backend):
         for n in spec.node_list():
             sec = seen.get(n.name, {})
             sas = parsers.parse_swanctl_raw(sec["sas"]) if sec.get("charon", "").strip() and "sas" in sec else None
-            tunnels.extend(tunnel_statuses(spec.tunnels_of(n), sas))
+            auth = auth_details(*parsers.parse_swanctl_auth(sec.get("conns", ""), sec.get("certs", "")), sas) if sas is not None else {}
+            tunnels.extend(dataclasses.replace(t, detail=t.detail | auth.get(t.name, {}))
+                           for t in tunnel_statuses(spec.tunnels_of(n), sas))
         ready: dict[str, bool] | None = None
         pods: list[Pod] = []
         services: list[Service] = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..lab import parsers, render, resources
+from ..lab import certs, parsers, render, resources
 from ..lab.errors import LabError
 from ..lab.model import LabSpec, pair_key
 from ..lab.state import write_file
@@ -212,12 +212,16 @@ def vagrant_spec(spec: LabSpec, files: LabFiles, box: str, mode: str = DEFAULT_N
 def render_lab_files(spec: LabSpec, secrets: dict[str, Any],
                      mode: str = DEFAULT_NODE_MODE) -> dict[str, dict[str, render.RenderedFile]]:
     kube = kube_params(secrets, mode)
-    return {n.name: render.render_vm_node(spec, n, secrets=secrets["psk"], kube=kube) for n in spec.node_list()}
+    # X.509: a new lab CA and node keys each time (never kept in secrets.json); the keys go into
+    # each node's files only (0600), which the provisioning installs in the VM's /etc/swanctl.
+    creds = certs.lab_credentials(spec) if spec.auth == "x509" else None
+    return {n.name: render.render_vm_node(spec, n, secrets=secrets["psk"], kube=kube, credentials=creds)
+            for n in spec.node_list()}
 
 
 def manifest(files: dict[str, render.RenderedFile]) -> str:
     """role<TAB>mode<TAB>destination, read by provisioning/cni-provision.sh."""
-    return "".join(f"{role}\t{oct(f.mode)[2:]:0>4}\t{render.VM_FILES[role][2]}\n" for role, f in files.items())
+    return "".join(f"{role}\t{oct(f.mode)[2:]:0>4}\t{render.vm_destination(role)}\n" for role, f in files.items())
 
 
 def lab_secrets(spec: LabSpec, files: LabFiles) -> dict[str, Any]:

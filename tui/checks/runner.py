@@ -185,7 +185,7 @@ def main_checks(args: Any) -> int:
     t0 = time.monotonic()
     if not backend.exists():
         try:
-            backend.up(LabSpec.build(args.lab, node_count(args.nodes)))
+            backend.up(LabSpec.build(args.lab, node_count(args.nodes), auth=getattr(args, "auth", None) or "psk"))
         except UsageError:
             raise
         except LabError as exc:

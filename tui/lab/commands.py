@@ -220,6 +220,9 @@ def node_probe(pods_list: Sequence[str] | None = None) -> Argv:
         "echo @@ipam; ls /run/cni/networks/ipsec-lab 2>/dev/null",
         'echo @@charon; p=$(cat /run/charon.pid 2>/dev/null) && ps -o etimes= -p "$p" 2>/dev/null',
         f"echo @@sas; {shlex.join(swanctl_list_sas(raw=True))} 2>/dev/null",
+        # How each peer authenticates, and the certificates charon holds (parsers.parse_swanctl_auth)
+        "echo @@conns; swanctl --list-conns --raw 2>/dev/null",
+        "echo @@certs; swanctl --list-certs --raw --type x509 2>/dev/null",
     ]
     if pods_list:
         parts.append(f"echo @@pods; {shlex.join(pods_list)} 2>/dev/null")

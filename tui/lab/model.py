@@ -34,6 +34,9 @@ LIBIPSEC_TUN_MTU = 1400
 
 # `up --rekey-s N`: CHILD SAs rekey every N s (the IKE SA every 4 N s); strongSwan's own default is 1 h.
 MIN_REKEY_S, MAX_REKEY_S = 10, 86400
+# How the nodes authenticate each other: "psk", one random pre-shared key per node pair (the seed's
+# choice, the default), or "x509", a lab CA and one certificate per node (tui/lab/certs.py).
+AUTH_METHODS = ("psk", "x509")
 
 MAX_REPLICAS = 250  # one node's /24, less the network, cni0 and broadcast addresses
 
@@ -115,6 +118,7 @@ class LabSpec:
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
     underlay_mtu: int = 1500
     rekey_s: int | None = None  # short SA lifetimes (`up --rekey-s N`): CHILD SAs rekey every ~N s
+    auth: str = "psk"  # AUTH_METHODS
 
     @classmethod
     def build(
@@ -126,9 +130,12 @@ class LabSpec:
         *,
         underlay_mtu: int = 1500,
         rekey_s: int | None = None,
+        auth: str = "psk",
     ) -> "LabSpec":
         """Validate user input and build a spec; raises UsageError with one clear line."""
         naming.validate_lab_name(name)
+        if auth not in AUTH_METHODS:
+            raise UsageError(f"unknown authentication {auth!r}; expected one of {', '.join(AUTH_METHODS)}")
         if not isinstance(nodes, int) or not MIN_NODES <= nodes <= MAX_NODES:
             raise UsageError(f"node count must be between {MIN_NODES} and {MAX_NODES}, got {nodes}")
         underlay_net = _parse_net("underlay subnet", underlay)
@@ -144,7 +151,7 @@ class LabSpec:
         if rekey_s is not None and not MIN_REKEY_S <= rekey_s <= MAX_REKEY_S:
             raise UsageError(f"--rekey-s must be between {MIN_REKEY_S} and {MAX_REKEY_S} seconds, got {rekey_s}")
         return cls(name=name, nodes=nodes, underlay=underlay_net, pod_supernet=pods_net, underlay_mtu=underlay_mtu,
-                   rekey_s=rekey_s)
+                   rekey_s=rekey_s, auth=auth)
 
     # -- topology ---------------------------------------------------------------------------
     @property
@@ -212,6 +219,7 @@ class LabSpec:
             "ike_proposal": self.ike_proposal,
             "esp_proposal": self.esp_proposal,
             "underlay_mtu": self.underlay_mtu,
+            "auth": self.auth,
         } | ({"rekey_s": self.rekey_s} if self.rekey_s is not None else {})
 
     @classmethod
@@ -225,6 +233,7 @@ class LabSpec:
             esp_proposal=d["esp_proposal"],
             underlay_mtu=int(d.get("underlay_mtu", 1500)),
             rekey_s=int(d["rekey_s"]) if d.get("rekey_s") is not None else None,
+            auth=str(d.get("auth", "psk")),
         )
 
 

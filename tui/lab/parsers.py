@@ -49,6 +49,19 @@ def parse_swanctl_raw(text: str) -> list[tuple[str, dict[str, Any]]]:
     return sas
 
 
+_CONN_AUTH = re.compile(r"^list-conn event \{(\S+) \{.*? remote-1 \{id=\S* class=(.+?) groups=")
+_CERT = re.compile(r"^list-cert event \{type=(\S+) flag=(\S+) .*?data=0x([0-9a-fA-F]+)\}")
+
+
+def parse_swanctl_auth(conns_raw: str, certs_raw: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`swanctl --list-conns --raw` and `swanctl --list-certs --raw --type x509` -> (conns, certs) in
+    the shape vici's list_conns and list_certs give (only what vici_status.auth_details reads)."""
+    conns = [{m[1]: {"remote-1": {"class": m[2]}}} for m in map(_CONN_AUTH.match, conns_raw.splitlines()) if m]
+    certs = [{"type": m[1], "flag": m[2], "data": bytes.fromhex(m[3])}
+             for m in map(_CERT.match, certs_raw.splitlines()) if m]
+    return conns, certs
+
+
 def _timestamp(value: str | None) -> float:
     if not value:
         return 0.0

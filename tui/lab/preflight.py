@@ -47,6 +47,7 @@ PROGRAMS: dict[str, str] = {
     "iptables-restore": "iptables",
     "swanctl": "strongswan-swanctl",
     "ipsec": "strongswan-starter",  # the seed's `ipsec down mesh-left`
+    "pki": "strongswan-pki",  # the lab CA and node certificates of `up --auth x509`
     "unshare": "util-linux",
     "nsenter": "util-linux",
     "mount": "mount",

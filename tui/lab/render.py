@@ -14,6 +14,7 @@ import jinja2
 
 from . import naming, resources
 from .errors import LabError
+from .certs import CA_FILE, NodeCredentials
 from .model import LabSpec, Node, Service, pair_key
 
 TEMPLATE_DIR = resources.templates_dir()
@@ -76,16 +77,21 @@ def node_context(
     underlay_if: str = naming.NODE_UNDERLAY_IF,
     paths: NodePaths = NodePaths(),
     ipsec: IpsecTiming = IpsecTiming(),
+    credentials: dict[str, NodeCredentials] | None = None,
 ) -> dict[str, Any]:
     if datapath not in DATAPATHS:
         raise LabError(f"unknown data path {datapath!r}; expected one of {', '.join(DATAPATHS)}")
+    if spec.auth == "x509" and (credentials is None or node.name not in credentials):
+        raise LabError(f"lab {spec.name!r} authenticates with X.509 but {node.name} has no certificate")
     tunnels = spec.tunnels_of(node)
     return {
         "lab": spec,
         "node": node,
         "tunnels": tunnels,
         "datapath": datapath,
-        "secrets": {t.peer: secrets[pair_key(t.node, t.peer)] for t in tunnels},
+        "secrets": {t.peer: secrets[pair_key(t.node, t.peer)] for t in tunnels} if spec.auth == "psk" else {},
+        "credentials": credentials[node.name] if spec.auth == "x509" and credentials else None,
+        "ca_file": CA_FILE,
         "underlay_if": underlay_if,
         "paths": paths,
         "ipsec": ipsec,
@@ -95,7 +101,30 @@ def node_context(
 
 def render_node(spec: LabSpec, node: Node, **kwargs: Any) -> dict[str, RenderedFile]:
     ctx = node_context(spec, node, **kwargs)
-    return _render_files(environment(), ctx, NODE_FILES, node.name)
+    return _render_files(environment(), ctx, NODE_FILES, node.name) | credential_files(ctx["credentials"])
+
+
+# X.509 (`up --auth x509`): the node's certificate, key and the lab CA, as files under swanctl's
+# directory (role = path below /etc: the netns node's etc/ in its state directory, a VM's /etc).
+SWANCTL_ROLE_PREFIX = "swanctl/"
+
+
+def credential_files(creds: NodeCredentials | None) -> dict[str, RenderedFile]:
+    """The node's X.509 files (none with PSK): the key 0600, only ever in the node's own files."""
+    if creds is None:
+        return {}
+    return {
+        f"swanctl/x509ca/{CA_FILE}": RenderedFile(f"swanctl/x509ca/{CA_FILE}", creds.ca_pem, 0o644),
+        f"swanctl/x509/{creds.cert_file}": RenderedFile(f"swanctl/x509/{creds.cert_file}", creds.cert_pem, 0o644),
+        f"swanctl/private/{creds.key_file}": RenderedFile(f"swanctl/private/{creds.key_file}", creds.key_pem, 0o600),
+    }
+
+
+def vm_destination(role: str) -> str:
+    """Where a VM installs a node file of this role."""
+    if role.startswith(SWANCTL_ROLE_PREFIX):
+        return "/etc/" + role
+    return VM_FILES[role][2]
 
 
 def _render_files(env: jinja2.Environment, ctx: dict[str, Any], files: dict[str, tuple[str, int]],
@@ -200,13 +229,14 @@ class KubeParams:
 
 
 def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: KubeParams,
-                   ipsec: IpsecTiming = IpsecTiming()) -> dict[str, RenderedFile]:
+                   ipsec: IpsecTiming = IpsecTiming(),
+                   credentials: dict[str, NodeCredentials] | None = None) -> dict[str, RenderedFile]:
     """A VM node's files: kernel-xfrm data path, standard paths, plus units and, in the kubeadm
     mode, the kubeadm and containerd configuration; in the "none" mode, the pods' unit and programs."""
     cni_bin_dir(kube.mode)  # an unknown mode fails here, before anything renders
     env = environment()
     ctx = node_context(spec, node, datapath="kernel-xfrm", secrets=secrets, underlay_if=VM_UNDERLAY_IF,
-                       paths=NodePaths(), ipsec=ipsec)
+                       paths=NodePaths(), ipsec=ipsec, credentials=credentials)
     first = spec.node(1)
     ctx.update(
         kube=kube,
@@ -230,4 +260,4 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         if role in NODE_PROGRAMS:
             source, mode, _dest = VM_FILES[role]
             out[role] = RenderedFile(role, (resources.package_dir() / source).read_text(), mode)
-    return {role: out[role] for role in wanted}  # VM_FILES' order, as before
+    return {role: out[role] for role in wanted} | credential_files(ctx["credentials"])  # VM_FILES' order

@@ -98,3 +98,67 @@ def tunnel_statuses(tunnels: list[Tunnel], sas: list[tuple[str, dict[str, Any]]]
             )
         )
     return out
+
+
+# -- authentication: how each tunnel's peer proved who it is ----------------------------------
+AUTH_CLASSES = {"public key": "pubkey", "pre-shared key": "psk"}
+
+
+def cert_subject(der: bytes) -> tuple[str, list[str]]:
+    """An X.509 certificate's subject, written as strongSwan writes it ("O=..., CN=..."), and its
+    subjectAltName DNS names."""
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    subject = ", ".join(attr.rfc4514_string() for attr in cert.subject)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        sans = []
+    return subject, list(sans)
+
+
+def auth_details(conns: list[dict[str, Any]], certs: list[dict[str, Any]],
+                 sas: list[tuple[str, dict[str, Any]]] | None) -> dict[str, dict[str, str]]:
+    """conn name -> {"auth": "pubkey"|"psk", "peer_cert": subject}, from vici's list-conns (the
+    remote's auth class), list-certs (end-entity certificates charon holds: its own and those its
+    peers sent) and list-sas (the identity each peer authenticated as: its certificate names it)."""
+    remote_id: dict[str, str] = {}
+    for name, info in sas or []:
+        if _s(info.get("state", b"")) == "ESTABLISHED":
+            remote_id[name] = _s(info.get("remote-id", b""))
+    by_name: dict[str, str] = {}
+    for c in certs:
+        if _s(c.get("type", b"")) != "X509" or _s(c.get("flag", b"")) != "NONE" or "data" not in c:
+            continue
+        try:
+            subject, sans = cert_subject(c["data"])
+        except ValueError:
+            continue
+        for n in sans:
+            by_name[n] = subject
+    out: dict[str, dict[str, str]] = {}
+    for entry in conns:
+        for name, conn in entry.items():
+            cls = _s(conn.get("remote-1", {}).get("class", b""))
+            d = {"auth": AUTH_CLASSES.get(cls, cls)}
+            peer = remote_id.get(_s(name))
+            if d["auth"] == "pubkey" and peer and peer in by_name:
+                d["peer_cert"] = by_name[peer]
+            out[_s(name)] = d
+    return out
+
+
+def list_auth(socket_path: str, sas: list[tuple[str, dict[str, Any]]] | None,
+              timeout: float = 2.0) -> dict[str, dict[str, str]]:
+    """auth_details() of one charon, over its vici socket; raises OSError when it does not answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(socket_path)
+        session = vici.Session(sock)
+        conns = [dict(c) for c in session.list_conns()]
+        certs = [dict(c) for c in session.list_certs({"type": "X509"})]
+    finally:
+        sock.close()
+    return auth_details(conns, certs, sas)

@@ -61,6 +61,10 @@ def detail_text(t: TunnelStatus | None, peer_end: TunnelStatus | None, fetched_a
         ("CHILD rekey in", f"{d['child_rekey_in_s']} s" if d.get("child_rekey_in_s") else "—"),
         ("CHILD expires in", f"{d['child_expires_in_s']} s" if d.get("child_expires_in_s") else "—"),
     ]
+    if "auth" in d:  # how the peer authenticated (the netns backend reads it over vici)
+        rows.insert(5, ("authentication", {"pubkey": "public key (X.509)", "psk": "pre-shared key"}.get(d["auth"], d["auth"])))
+        if d.get("peer_cert"):
+            rows.insert(6, ("peer certificate", d["peer_cert"]))
     for k, v in rows:
         text.append(f"{k:<17}", style="dim")
         text.append(f"{v}\n")

@@ -44,8 +44,8 @@ PACKAGES: tuple[str, ...] = (
     "strongswan-charon", "strongswan-swanctl", "strongswan-starter", "libstrongswan-standard-plugins",
     "libcharon-extra-plugins", "containernetworking-plugins",
     "python3", "python3-venv", "curl", "tcpdump", "iperf3",
-    # the rest of setup.sh's LAB_PACKAGES, which tests/test_netns_in_vm.py installs offline in the VM
-    "fonts-dejavu-core",
+    # the rest of setup.sh's LAB_PACKAGES: strongSwan's pki (`up --auth x509`), the web view's font
+    "strongswan-pki", "fonts-dejavu-core",
 )
 
 SSH_KEYGEN_DROPIN = (
