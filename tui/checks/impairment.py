@@ -79,8 +79,11 @@ def collect_recover_underlay_loss(ctx: CheckContext) -> LossObs:
     left_up: set[str] = set()
     heal: float | None = None
     try:
-        if loop.wait_reply_after(0, 5) is None:
-            raise LabError(f"no ping reply from {b} to {a} before the loss: the check cannot measure")
+        # The check before it may have just healed the mesh (the underlay outage): wait for the pair
+        # to answer as long as a heal may take, not 5 s (CI saw a lab still settling at 5 s).
+        if loop.wait_reply_after(0, heal_timeout) is None:
+            raise LabError(f"no ping reply from {b} to {a} within {heal_timeout:g} s before the loss: "
+                           "the check cannot measure")
         state = link.apply(ctx.backend, b, Impairment(loss_pct=LOSS_PCT))
         t0 = time.time()
         try:
