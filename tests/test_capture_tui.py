@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from tui.screens.capture import CaptureScreen, underlay_verdict
 
 from .conftest import started_lab
 from .test_capture import PodTraffic, tcpdumps
+from .test_tui_pilot import until
 
 SIZE = (150, 48)
 RECORDINGS = Path(__file__).resolve().parent / "recordings" / "underlay-encrypted"
@@ -32,16 +32,6 @@ def test_the_view_judges_as_underlay_encrypted_does():
     assert alarm and not good and "ALARM: pod traffic in clear on the underlay: 9 packets with pod addresses" in text
     text, alarm, good = underlay_verdict(pcap.WireSummary(packets=4, ike=4, udp4500=4))
     assert not alarm and not good and "no ESP or pod address seen yet" in text
-
-
-async def until(pilot, predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await pilot.pause(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 async def open_capture(pilot, app: IpsecLabApp, node: str) -> CaptureScreen:
