@@ -186,6 +186,20 @@ def test_a_fault_watch_is_declared_and_runs_across_the_faults(monkeypatch):
     assert catalog.BY_NAME["no-leak-during-faults"].watches_faults is not None
 
 
+def test_a_check_that_fails_or_errors_ends_its_step_as_failed(monkeypatch):
+    """The progress line's mark follows the outcome (ci run on VMs printed "✓ check ... error")."""
+    from tui.lab.events import StepFinished
+    checks = [Check("good", "", "", lambda ctx: {}, lambda o: Verdict.passed("fine")),
+              Check("bad", "", "", lambda ctx: {}, lambda o: Verdict.failed("broken")),
+              Check("blind", "", "", _raises, lambda o: Verdict.passed(""))]
+    monkeypatch.setattr(runner, "CATALOG", checks)
+    monkeypatch.setattr(runner, "BY_NAME", {c.name: c for c in checks})
+    seen: list[StepFinished] = []
+    reporter = Reporter(lambda e: seen.append(e) if isinstance(e, StepFinished) else None, source="checks")
+    runner.run_checks(_Backend(), reporter=reporter, prepare_workload=False)  # type: ignore[arg-type]
+    assert [(e.step, e.ok) for e in seen] == [("check good", True), ("check bad", False), ("check blind", False)]
+
+
 def test_the_heal_wait_reads_its_bound_when_called(monkeypatch):
     """tests/test_checks.py shortens HEAL_TIMEOUT_S with monkeypatch: that must take effect."""
     import time

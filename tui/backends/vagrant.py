@@ -110,6 +110,7 @@ class VagrantBackend(Backend):
     mesh_poll = 1.0
     reboot_wait_s = 300.0  # how long a rebooted node may take to answer over SSH
     reboot_poll_s = 2.0  # seconds between two tries
+    poweroff_wait_s = 120.0  # a guest's clean shutdown (measured 10 s under emulation), then it is switched off
 
     def __init__(self, lab: str, reporter: Reporter | None = None, *, host: vp.HostFacts | None = None,
                  node_mode: str | None = None) -> None:
@@ -247,8 +248,7 @@ class VagrantBackend(Backend):
                     bits = line.split(None, 2)
                     if len(bits) == 3:
                         states[bits[1]] = bits[2].strip().replace("shut off", "shutoff")
-                prefix = f"ipsec-lab-{self.lab}-"
-                return {n.name: states.get(prefix + n.name, "not_created") for n in self.spec().node_list()}
+                return {n.name: states.get(self._domain(n.name), "not_created") for n in self.spec().node_list()}
         return {s.name: s.state for s in self._run_vagrant("status", lambda v: v.status())}
 
     # ------------------------------------------------------------------ lab records
@@ -550,7 +550,9 @@ class VagrantBackend(Backend):
         return list(doc)
 
     def _node_pods(self, node: str) -> list[Pod]:
-        return self._pods_from_list(node, self._nodepods(node, "list", timeout=20))
+        # 60 s: a listing waits for nodepods' lock, which a boot's restore (a CNI ADD per pod) or an
+        # add holds for tens of seconds on an emulated VM; in ci10 a listing on kube-node1 took > 20 s.
+        return self._pods_from_list(node, self._nodepods(node, "list", timeout=60))
 
     @staticmethod
     def _pods_from_list(node: str, listed: list[dict[str, Any]]) -> list[Pod]:
@@ -793,17 +795,51 @@ class VagrantBackend(Backend):
         res = self.exec(node, ["cat", "/proc/sys/kernel/random/boot_id"], timeout=10)
         return res.stdout.strip() if res.ok else ""
 
+    @property
+    def reboot_power_cycles(self) -> bool:
+        """Whether `reboot` power-cycles the VM (a cold boot: a new QEMU process) rather than
+        resetting it: under emulation (TCG) QEMU's warm reset leaves the rebooted guest slow. Measured
+        here on kube-node3 (3 VMs, 2 cores): after `systemctl reboot` the boot took 16 s (kernel) +
+        79 s (userspace), against 9 s + 49 s after a cold start, and in 1 of 3 reboots GRUB copied the
+        initrd at about 30 bytes/s (a byte loop at 0xce3e, seen with `info registers`) for more than
+        300 s. Under KVM a warm reboot is what a user gets, and what the lab does."""
+        return self._libvirt_settings().get("accel") == "tcg"
+
+    def _domain(self, node: str) -> str:
+        return f"ipsec-lab-{self.lab}-{node}"  # the Vagrantfile's default_prefix, and the node name
+
+    def _power_cycle(self, node: str) -> None:
+        """The guest shuts down cleanly (`systemctl poweroff`: its units stop as in a reboot), QEMU
+        exits, libvirt starts the domain again."""
+        with contextlib.suppress(LabError):  # the connection may drop before the answer
+            self.exec(node, ["systemctl", "poweroff"], timeout=15)
+        deadline = time.monotonic() + self.poweroff_wait_s
+        while self.machine_states().get(node) != "shutoff":
+            if time.monotonic() > deadline:  # a guest that will not stop is switched off, as a power button held
+                self._libvirt_virsh("destroy", self._domain(node))
+                break
+            time.sleep(1.0)
+        cp = self._libvirt_virsh("start", self._domain(node))
+        if cp.returncode != 0:
+            raise LabError(f"reboot {node}: virsh start {self._domain(node)} failed: {cp.stderr.strip()}")
+
     def reboot(self, node: str) -> None:
-        """A real reboot of the VM (`systemctl reboot` on it): back when it answers over SSH with a
-        new boot id and its charon runs. Its units bring cni0, the XFRM interfaces, strongSwan and
-        (node mode none) its pods back, and the NodePort rules
-        follow the pods' addresses. The node's charon tells its peers itself (start-scripts)."""
+        """A real reboot of the VM: `systemctl reboot` on it, or under emulation a power cycle
+        (reboot_power_cycles). Back when it answers over SSH with a new boot id and its charon
+        runs. Its units bring cni0, the XFRM interfaces, strongSwan and (node mode none) its pods
+        back, and the NodePort rules follow the pods' addresses. The node's charon tells its peers
+        itself (start-scripts)."""
         spec = self.spec()
         spec.node(node)
-        with self.reporter.step(f"reboot {node} (systemctl reboot: a real VM reboot)", node=node):
+        how = ("systemctl poweroff, virsh start: a cold boot, since QEMU's warm reset leaves an emulated VM slow"
+               if self.reboot_power_cycles else "systemctl reboot: a real VM reboot")
+        with self.reporter.step(f"reboot {node} ({how})", node=node):
             before = self._boot_id(node)
-            with contextlib.suppress(LabError):  # the connection may drop before the answer
-                self.exec(node, ["systemctl", "reboot"], timeout=15)
+            if self.reboot_power_cycles:
+                self._power_cycle(node)
+            else:
+                with contextlib.suppress(LabError):  # the connection may drop before the answer
+                    self.exec(node, ["systemctl", "reboot"], timeout=15)
             self._forget_node(node)
             deadline = time.monotonic() + self.reboot_wait_s
             while True:
@@ -850,7 +886,7 @@ class VagrantBackend(Backend):
         """The host side of every VM's underlay NIC (libvirt's vnetN), where the VMs' packets enter."""
         ports: list[str] = []
         for n in self.spec().node_list():
-            cp = self._libvirt_virsh("domiflist", f"ipsec-lab-{self.lab}-{n.name}")
+            cp = self._libvirt_virsh("domiflist", self._domain(n.name))
             net = vf.read_vagrant_spec(self.files)["libvirt_network"]
             for line in cp.stdout.splitlines():
                 bits = line.split()

@@ -91,6 +91,7 @@ def run_checks(
             with reporter.step(f"check {check.name}") as step:
                 result = run_one(check, ctx)
                 step.detail = f"{result.outcome.value}: {result.detail}"
+                step.failed = result.outcome in (Outcome.FAILED, Outcome.ERROR)
             if is_fault:
                 ctx.faults.append(check.name)
             reporter.line(f"{result.outcome.value.upper():7} {check.name}: {result.detail}", source="checks")

@@ -71,6 +71,7 @@ class _Step:
     def __init__(self, reporter: Reporter, name: str, node: str | None) -> None:
         self.reporter, self.name, self.node = reporter, name, node
         self.detail = ""
+        self.failed = False  # set by a step that ends without an exception but did not succeed (a check that failed)
 
     def __enter__(self) -> "_Step":
         self.t0 = time.monotonic()
@@ -79,7 +80,7 @@ class _Step:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
-        ok = exc_type is None
+        ok = exc_type is None and not self.failed
         detail = self.detail if ok else str(exc)
         self.reporter.emit(StepFinished(self.name, ok, time.monotonic() - self.t0, detail, self.node))
         return False
