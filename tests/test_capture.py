@@ -167,11 +167,3 @@ def test_interfaces_are_classified_underlay_first():
     got = [(i.name, i.kind) for i in classify_links(RECORDED_LINKS, RECORDED_ADDRS, "192.168.56.11")]
     assert got == [("eth0", "underlay"), ("cni0", "pod bridge"), ("ipsec-n2", "XFRM interface"),
                    ("ipsec0", "libipsec TUN"), ("vetha8e3d318", "pod veth")]
-
-
-def test_capture_w_on_vms_says_in_one_line_that_it_is_not_supported_yet(tmp_path):
-    """No VM boots here: the refusal comes before the lab is looked at (Backend.capture_file is None)."""
-    cp = cli("--backend", "vagrant", "--lab", "novm", "capture", "kube-node1", "-w", str(tmp_path / "x.pcap"), timeout=60)
-    assert cp.returncode == 3
-    assert cp.stderr == "ipsec-lab: capture -w is not supported yet on vagrant nodes; without -w the decoded lines stream\n"
-    assert not (tmp_path / "x.pcap").exists()

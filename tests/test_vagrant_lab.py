@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tui.backends import vagrant_files as vf
+from tui.lab import pcap
 from tui.vm import hypervisor
 
 from .conftest import ROOT, unique_lab
@@ -119,17 +120,7 @@ def _fault_figure(out: str) -> str:
     return f"data-plane gap {m.group(1) if m else '?'}, mesh back {back.group(2) if back else '?'}"
 
 
-# Opt-in until it is reliable here: of its last three full runs in CI (clean clones, this 2-core
-# machine, 3 VMs under TCG), one passed everything but a test-side KeyError (fixed), one lost a VM
-# reboot to load (other work ran beside it), and one had kube-node3 not come back from the
-# ipam-no-exhaustion check's reboot ("No route to host" for 195 s) and a pod listing over 20 s.
-# Issue 14 stays open until this runs green in CI; `IPSEC_LAB_TEST_VM_LAB=1 scripts/test -k three_vms` runs it.
-VM_LAB_OPT_IN = "IPSEC_LAB_TEST_VM_LAB"
-
-
 @pytest.mark.timeout(3600)
-@pytest.mark.skipif(os.environ.get(VM_LAB_OPT_IN) != "1",
-                    reason=f"the 3-VM lab test is opt-in until reliable here: {VM_LAB_OPT_IN}=1 scripts/test -k three_vms")
 def test_three_vms_the_seeds_way_faults_checks_and_nothing_left(vm_lab, request, tmp_path):
     lab = vm_lab
     figures: list[str] = []
@@ -185,6 +176,33 @@ def test_three_vms_the_seeds_way_faults_checks_and_nothing_left(vm_lab, request,
     st = _status(lab)
     assert len(st["pods"]) == 9 and all(p["ip"] for p in st["pods"])  # the rebooted node's pods are back
     assert next(p for p in st["pods"] if p["node"] == "kube-node2")["restarts"] == 1
+
+    # The wire, a rekey and an impaired link (issue 11), on the VMs. A pcap of kube-node1's underlay,
+    # written in the VM and copied here, while its pod network pings kube-node2's.
+    wire = tmp_path / "wire.pcap"
+    cap = subprocess.Popen([*CLI, "--lab", lab, "capture", "kube-node1", "-w", str(wire), "--duration", "30"], cwd=ROOT,
+                           env=_env(lab), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    assert cap.stderr is not None
+    first = cap.stderr.readline()  # printed once tcpdump's SSH session is started
+    assert first.startswith("capturing on kube-node1 eth1 (underlay)"), first
+    time.sleep(3)  # tcpdump itself starting in the VM
+    _run([*CLI, "--lab", lab, "exec", "kube-node1", "--", "ping", "-c", "10", "-I", "10.128.1.1", "10.128.2.1"], lab, timeout=60)
+    out, errs = cap.communicate(timeout=180)
+    assert cap.returncode == 0 and f"wrote {wire}" in errs, first + errs[-2000:]
+    seen = pcap.summarize(str(wire), "10.128.0.0/16")
+    assert seen.esp >= 10 and seen.cleartext_pod == 0, seen
+    figures.append(f"capture -w on kube-node1's underlay: {seen.packets} packets, ESP {seen.esp}, cleartext pod address 0")
+    cp = _run([*CLI, "--lab", lab, "rekey", "kube-node1", "mesh-left"], lab, timeout=300)
+    assert cp.returncode == 0 and "CHILD SA rekeyed" in cp.stdout and " 0 lost of " in cp.stdout, cp.stdout + cp.stderr
+    figures.append("rekey kube-node1 mesh-left: " + next(ln for ln in cp.stdout.splitlines() if ln.startswith("data plane")))
+    cp = _run([*CLI, "--lab", lab, "link", "kube-node1", "--delay", "50", "--jitter", "5"], lab, timeout=120)
+    assert cp.returncode == 0 and "delay 50 ms" in cp.stdout, cp.stdout + cp.stderr  # netem: the VMs' kernel has it
+    cp = _run([*CLI, "--lab", lab, "exec", "kube-node1", "--", "ping", "-c", "3", "-I", "10.128.1.1", "10.128.2.1"], lab, timeout=60)
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", cp.stdout)
+    assert cp.returncode == 0 and rtt and float(rtt.group(1)) >= 40, cp.stdout
+    figures.append(f"link kube-node1 --delay 50 --jitter 5: pod-to-pod rtt {rtt.group(1)} ms")
+    cp = _run([*CLI, "--lab", lab, "link", "kube-node1", "--clear"], lab, timeout=120)
+    assert cp.returncode == 0 and "no impairment" in cp.stdout, cp.stdout + cp.stderr
 
     # The whole check suite, JUnit and JSON written.
     junit, report = tmp_path / "junit.xml", tmp_path / "checks.json"

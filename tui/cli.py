@@ -265,8 +265,8 @@ def capture_command(backend: Backend, args: argparse.Namespace) -> int:
 
     if args.count is not None and args.count < 1 or args.duration is not None and args.duration <= 0:
         raise UsageError("--count and --duration must be positive")
-    if args.write and backend.capture_file(args.node, "probe") is None:
-        raise UsageError(f"capture -w is not supported yet on {backend.name} nodes; without -w the decoded lines stream")
+    if args.write and backend.capture_file(args.node, "probe") is None:  # a backend that keeps no pcap
+        raise UsageError(f"capture -w is not supported on {backend.name} nodes; without -w the decoded lines stream")
     dest = os.path.abspath(args.write) if args.write else None
     session = CaptureSession(backend, args.node, args.iface, args.bpf, args.count)
     session.start()
@@ -334,7 +334,7 @@ def web_command(backend: Backend, args: argparse.Namespace) -> int:
         preflight.require(backend.doctor())
         nodes = node_count(args.nodes)
         out.print(f"no lab [bold]{args.lab}[/] is running: bringing one up ({nodes} nodes) before serving it")
-        backend.up(LabSpec.build(args.lab, nodes))
+        backend.up(LabSpec.build(args.lab, nodes, auth=args.auth or "psk"))
         if not tutorial:  # as the TUI does: the tutorial deploys in a step of its own
             backend.deploy(9)
     cfg = web.WebConfig(lab=args.lab, argv=web.session_argv(args.lab, backend.name, tutorial=tutorial,

@@ -275,10 +275,19 @@ class Backend(abc.ABC):
         """Stop a capture; returns the path of its pcap file on this machine."""
 
     def capture_file(self, node: str, name: str) -> tuple[str, Path] | None:
-        """Where tcpdump on `node` may write pcap `name` that this machine reads as it grows: (the path
-        on the node, the same file here). None where the node's files are not on this machine: a
-        capture there streams its decoded lines only (VMs: a pcap is not supported there yet)."""
+        """Where tcpdump on `node` may write pcap `name`, and where this machine reads it: (the path
+        on the node, the file here). The same file where node_files_are_local; else fetch_node_file
+        copies it here. None where a backend cannot keep a pcap: its captures stream lines only."""
         return None
+
+    @property
+    def node_files_are_local(self) -> bool:
+        """Whether a node's files are on this machine (netns: its /run is a directory here), so a
+        pcap tcpdump writes there can be read as it grows. False on VMs: see fetch_node_file."""
+        return True
+
+    def fetch_node_file(self, node: str, remote: str, local: Path) -> None:
+        """Copy `remote` on `node` to `local` here (VMs). Nothing to do where node_files_are_local."""
 
     @abc.abstractmethod
     def set_underlay_link(self, node: str, up: bool) -> None:

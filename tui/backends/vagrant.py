@@ -24,6 +24,7 @@ files without starting anything, for people who drive `vagrant` by hand.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import ipaddress
@@ -37,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -893,6 +895,25 @@ class VagrantBackend(Backend):
                 if len(bits) >= 3 and bits[2] == net:
                     ports.append(bits[0])
         return ports
+
+    @property
+    def node_files_are_local(self) -> bool:
+        return False
+
+    def capture_file(self, node: str, name: str) -> tuple[str, Path] | None:
+        """In the VM's /run (gone at a reboot, as on a real node); its copy in the lab's captures."""
+        self.spec().node(node)
+        return f"/run/{name}.pcap", self.files.captures / f"{name}.pcap"
+
+    def fetch_node_file(self, node: str, remote: str, local: Path) -> None:
+        # base64 over the node's Fabric session: one command, no second channel (sftp) to set up.
+        res = self.exec(node, ["base64", "-w0", remote], timeout=120)
+        if not res.ok:
+            raise LabError(f"cannot read {remote} on {node}: {res.stderr.strip() or f'exit {res.returncode}'}")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        part = local.with_name(f"{local.name}.{threading.get_ident()}.part")  # two readers at once (verdict, save)
+        part.write_bytes(base64.b64decode(res.stdout.strip()))
+        part.replace(local)  # a reader never sees half a copy
 
     def start_capture(self, name: str) -> object:
         """tcpdump where the VMs' underlay is wired: on libvirt, one per VM on the host side of its

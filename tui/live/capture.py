@@ -5,7 +5,9 @@ tcpdump runs on the node (netns: in the node's namespace; VMs: on the VM) throug
 prints its own decoding, a line per packet, as packets arrive. Where the backend can put a file
 of the node on this machine (Backend.capture_file), tcpdump also writes the packets to a pcap as
 they arrive (--print -w): the file `-w` and Ctrl+S save, and the one the underlay verdict reads
-(tui.lab.pcap, the reader the underlay-encrypted check uses). The process is stopped by its PID
+(tui.lab.pcap, the reader the underlay-encrypted check uses). On VMs the pcap is written in the VM
+and copied here (Backend.fetch_node_file) when it is read: for the verdict at most every
+FETCH_EVERY_S, and once more when it is saved. The process is stopped by its PID
 (RunningCommand.stop), never by name.
 """
 
@@ -77,6 +79,9 @@ def interfaces(backend: Backend, node: str) -> list[Interface]:
     return classify_links(links.stdout, addrs.stdout, str(n.underlay_ip))
 
 
+FETCH_EVERY_S = 3.0  # a VM's pcap copied here for the live verdict at most this often (one SSH command)
+
+
 class CaptureSession:
     """One tcpdump on one node's interface. start(), then lines() until it ends (count reached,
     stop(), the node gone); summary() reads what it wrote so far; save() copies the pcap; close()
@@ -91,11 +96,23 @@ class CaptureSession:
         self.file: tuple[str, Path] | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._fetched_at = 0.0
 
     @property
     def pcap_path(self) -> Path | None:
-        """The pcap here, or None where the backend cannot bring the node's file here (VMs)."""
+        """The pcap here (on VMs, its last copy), or None where the backend keeps no pcap."""
         return self.file[1] if self.file else None
+
+    def _fresh_pcap(self, *, force: bool) -> Path | None:
+        """The pcap here, copied from the node first where it lives elsewhere (VMs): always with
+        `force`, else when the last copy is older than FETCH_EVERY_S."""
+        if self.file is None:
+            return None
+        remote, here = self.file
+        if not self.backend.node_files_are_local and (force or time.monotonic() - self._fetched_at >= FETCH_EVERY_S):
+            self.backend.fetch_node_file(self.node, remote, here)
+            self._fetched_at = time.monotonic()
+        return here
 
     def start(self) -> None:
         """Check the node, interface and filter (UsageError: one line), then start tcpdump."""
@@ -140,7 +157,10 @@ class CaptureSession:
 
     def summary(self, pod_net: IPv4Network | str) -> pcap.WireSummary | None:
         """What the pcap holds so far (ESP, UDP 4500, IKE, cleartext pod addresses); None without one."""
-        path = self.pcap_path
+        try:
+            path = self._fresh_pcap(force=False)
+        except LabError:  # the node did not answer this time (rebooting): no newer copy
+            path = self.pcap_path
         if path is None or not path.exists():
             return None
         try:
@@ -150,22 +170,29 @@ class CaptureSession:
 
     def save(self, dest: str | os.PathLike[str]) -> Path:
         """Copy the pcap (what was captured so far) to `dest`; returns its absolute path."""
-        path = self.pcap_path
-        if path is None:
+        if self.file is None:
             raise UsageError(f"a pcap is not supported yet on {self.backend.name} nodes; the decoded lines are shown")
-        if not path.exists():
+        try:
+            path = self._fresh_pcap(force=True)
+        except LabError as exc:
+            raise LabError(f"cannot bring the capture's pcap here from {self.node}: {exc}") from None
+        if path is None or not path.exists():
             raise LabError(f"the capture on {self.node} wrote no file (did tcpdump start?)")
         out = Path(dest).expanduser().resolve()
         shutil.copyfile(path, out)
         return out
 
     def close(self) -> None:
-        """Stop tcpdump and remove its pcap from the node."""
+        """Stop tcpdump and remove its pcap from the node (and its copy here)."""
         self.stop()
-        path = self.pcap_path
-        if path is not None:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        if self.file is None:
+            return
+        remote, here = self.file
+        with contextlib.suppress(OSError):
+            here.unlink()
+        if not self.backend.node_files_are_local:
+            with contextlib.suppress(LabError):  # a node that is gone took the file with it
+                self.backend.exec(self.node, ["rm", "-f", remote], timeout=20)
 
 
 def capture_during(session: CaptureSession, act: Callable[[], object], settle: float = 0.2,
@@ -187,9 +214,10 @@ def capture_during(session: CaptureSession, act: Callable[[], object], settle: f
 
 
 def _wait_listening(session: CaptureSession, timeout: float) -> None:
-    """tcpdump writes the pcap's header once its socket is open; without a file (VMs), a short wait."""
+    """tcpdump writes the pcap's header once its socket is open; where the file is not here (VMs), a
+    short wait."""
     path = session.pcap_path
-    if path is None:
+    if path is None or not session.backend.node_files_are_local:
         time.sleep(1.0)
         return
     deadline = time.monotonic() + timeout
