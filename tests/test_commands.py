@@ -4,7 +4,9 @@ ones run here, on this machine's sh, as they run on a node."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 
 import pytest
 
@@ -26,10 +28,45 @@ def test_swanctl_commands_as_the_seed_knows_them():
 
 def test_announce_script_starts_only_the_answering_ends():
     spec = LabSpec.build("lab", 3)
-    assert commands.announce_script(spec, "kube-node1") is None  # it initiates all of its own
-    assert commands.announce_script(spec, "kube-node3") == (
-        "swanctl --initiate --child mesh-left --timeout 5 >/dev/null 2>&1 & "
-        "swanctl --initiate --child mesh-right --timeout 5 >/dev/null 2>&1 & wait")
+    assert commands.announce_script(spec, "kube-node1", "/x") is None  # it initiates all of its own
+    script = commands.announce_script(spec, "kube-node3", "/x")
+    assert re.findall(r"swanctl --initiate --child (\S+) --timeout 5", script) == ["mesh-left", "mesh-right"]
+    # A VM's strongswan.conf carries it as one value: its parser ends a value at } # " or a newline,
+    # and the start-script wraps it in single quotes.
+    assert not set(script) & set("}#\"'\n")
+
+
+ANNOUNCE_CASES = [  # (seconds since charon stopped, the peers already re-initiating) -> conns started
+    (1, set(), ["mesh-left", "mesh-right"]),           # a restart: at once, for INITIAL_CONTACT
+    (1, {"192.168.56.11"}, ["mesh-left", "mesh-right"]),
+    (60, set(), ["mesh-left", "mesh-right"]),          # a reboot, nobody retrying: after listening
+    (60, {"192.168.56.11"}, ["mesh-right"]),           # kube-node1 is retrying: mesh-left is left to it
+    (None, {"192.168.56.12"}, ["mesh-left"]),          # no stamp: the careful path
+]
+
+
+@pytest.mark.parametrize("away,retrying,started", ANNOUNCE_CASES)
+def test_announce_listens_for_retrying_peers_after_a_long_absence(tmp_path, away, retrying, started):
+    """The script's decisions, run by sh. swanctl here is a recorder in PATH that lists an IKE SA
+    for each retrying peer: the behaviour against real daemons is tests/test_lab_netns.py's
+    race test (and the 3-VM test's reboot)."""
+    stamp, calls = tmp_path / "stopped", tmp_path / "calls"
+    if away is not None:
+        stamp.write_text(f"{int(time.time()) - away}\n")
+    sas = " ".join(f"list-sa event {{(unnamed) {{remote-host={ip} remote-port=500}}}}" for ip in sorted(retrying))
+    shim = tmp_path / "swanctl"
+    shim.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n[ \"$1\" = --list-sas ] && echo '{sas}'\nexit 0\n")
+    shim.chmod(0o755)
+    script = commands.announce_script(LabSpec.build("lab", 3), "kube-node3", str(stamp))
+    t0 = time.monotonic()
+    subprocess.run(["sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=True, timeout=30)
+    took = time.monotonic() - t0
+    lines = calls.read_text().splitlines()
+    assert sorted(re.findall(r"--initiate --child (\S+)", " ".join(lines))) == started
+    listened = any(line.startswith("--list-sas") for line in lines)
+    assert listened == (away is None or away >= commands.ANNOUNCE_AT_ONCE_S)
+    if listened and len(started) == 2:
+        assert took >= commands.ANNOUNCE_LISTEN_S - 0.5  # it listened the whole time before starting
 
 
 def test_read_file_from_an_offset_and_after_the_file_was_started_anew(tmp_path):

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
+import time
 from collections import Counter
 
 import pytest
 
-from tui.lab import probes
+from tui.lab import probes, proc
+from tui.lab import state as labstate
 from tui.lab.proc import alive
 
 from .conftest import cli, started_lab, wait_for
@@ -158,6 +161,32 @@ def test_faults_leave_exactly_one_ike_sa_per_tunnel_end(running_lab):
     running_lab.reboot("kube-node2")
     wait_for(lambda: healthy(running_lab), 20, what="reachability after the faults")
     wait_for(lambda: all(t.ike_sas == 1 for t in running_lab.status().tunnels), 10, what="one IKE SA per end")
+
+
+def stop_charon_until_the_peers_retry(lab, node: str, extra_s: float) -> None:
+    """kube-node3's charon killed and kept away until its peers' dead peer detection gave up (they
+    re-initiate every few seconds from then on), `extra_s` more, then started as restart_ipsec
+    starts it: the announce races the peers' retries, as after a VM reboot or `systemctl stop`."""
+    with labstate.lab_lock(lab.paths):
+        proc.stop([lab.state.nodes[node].charon], grace=0.0, sig=signal.SIGKILL)
+        lab._charon_stopped(node)
+        wait_for(lambda: not any(t.up for t in lab.status().tunnels if t.peer == node), 30,
+                 interval=0.5, what=f"the peers' SAs with {node} gone")
+        time.sleep(extra_s)
+        lab._start_charon(node)
+        lab._load_conns(node, announce=True)
+
+
+@pytest.mark.timeout(200)
+def test_a_node_away_longer_than_dead_peer_detection_comes_back_with_one_ike_sa_per_pair(running_lab):
+    """The race of ci14 (two IKE SAs per pair, on VMs): the peers re-initiate while the returning
+    node starts the connections it answers. It listens for their retries first (announce_script)."""
+    for extra in (0.0, 1.3, 2.6):  # phases against the peers' retransmits (1, 1.4, 1.96, 2.74 s apart)
+        stop_charon_until_the_peers_retry(running_lab, "kube-node3", extra)
+        wait_for(lambda: healthy(running_lab), 30, what=f"reachability after the return (+{extra} s)")
+        time.sleep(3)  # a second IKE SA completes within a round trip of the first
+        dup = [f"{t.node}/{t.name} x{t.ike_sas}" for t in running_lab.status().tunnels if t.ike_sas > 1]
+        assert not dup, f"after the return (+{extra} s): duplicate IKE SAs {dup}"
 
 
 def test_deleted_pod_is_replaced_with_a_new_address(running_lab):

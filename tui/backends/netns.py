@@ -396,11 +396,16 @@ class NetnsBackend(Backend):
             self.reporter.line(line, node=node, source="provisioning")
         if not load.ok:
             raise LabError(f"swanctl --load-all failed on {node}: {proc.last_line(load.stderr or load.stdout)}")
-        script = commands.announce_script(self.spec(), node) if announce else None
+        script = commands.announce_script(self.spec(), node, commands.CHARON_STOPPED) if announce else None
         if script:
             self.exec(node, commands.sh(script), timeout=15)
             self.reporter.line("initiated the connections this node only answers (INITIAL_CONTACT to the peers)",
                                node=node)
+
+    def _charon_stopped(self, node: str) -> None:
+        """Note when the node's charon stopped (commands.CHARON_STOPPED, as a VM's unit does): the
+        announce after its next start reads how long it was away."""
+        labstate.write_file(self.paths.node_log(node) / Path(commands.CHARON_STOPPED).name, f"{int(time.time())}\n", 0o644)
 
     def _log_tail(self, node: str, n: int) -> str:
         try:
@@ -652,6 +657,7 @@ class NetnsBackend(Backend):
                 # A charon started while the old one still exits cannot bind UDP 500/4500 and
                 # never gets an SA: stop() returns only once the old PID is gone.
                 proc.stop([ref], grace=0.0, sig=signal.SIGKILL)
+                self._charon_stopped(node)
                 self._start_charon(node)
                 self._load_conns(node, announce=True)
 
@@ -670,6 +676,7 @@ class NetnsBackend(Backend):
         self._update_node(name, state="down")
         rec = self.state.nodes[name]
         proc.stop([rec.charon, rec.podserver], grace=0.0, sig=signal.SIGKILL)
+        self._charon_stopped(name)
         self._kill_namespace_processes(self.node_ns(name))
         proc.run(["ip", "-n", self.ul_ns, "link", "del", naming.underlay_port(node.index)], check=False)
         run_dir = self.paths.node_run(name)

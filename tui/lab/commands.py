@@ -14,6 +14,10 @@ from .model import LabSpec
 Argv = list[str]
 
 CHARON_LOG = "/var/log/charon.log"  # where the node's charon writes (render.NodePaths.charon_log)
+# When the node's charon last stopped (epoch seconds), written as it stops: by strongswan.service's
+# ExecStopPost on a VM, by the netns backend when it kills charon. In /var/log, which outlives a
+# reboot on both, so the announce after a boot sees how long the node was away.
+CHARON_STOPPED = "/var/log/charon.stopped"
 
 
 def shown(argv: Sequence[str]) -> str:
@@ -58,18 +62,44 @@ def ipsec_down(conn: str) -> Argv:
     return ["ipsec", "down", conn]
 
 
-def announce_script(spec: LabSpec, node: str) -> str | None:
-    """A shell line that starts, at once, the connections `node` only answers.
+# A charon that was away longer than this may find a peer already re-initiating (its dead peer
+# detection gave up): the peer's first retransmit can come no sooner than about 7 s after the last
+# message this node answered (retransmit_timeout 1 s, base 1.4, 3 tries: 1 + 1.4 + 1.96 + 2.74).
+ANNOUNCE_AT_ONCE_S = 4
+# How long a node back from a longer absence listens for a peer's retry before initiating itself:
+# a peer that is retrying sends again at most 2.74 s after its last try.
+ANNOUNCE_LISTEN_S = 3
 
-    Run after its IPsec daemon restarted or it rebooted: the peers still hold SAs with the old
-    daemon, and the INITIAL_CONTACT these initiations carry makes them drop those at once,
-    instead of after dead peer detection. (The lower-numbered end of each pair starts the
-    others by itself, per swanctl.conf.) None when the node answers no connection.
+
+def announce_script(spec: LabSpec, node: str, stopped_stamp: str) -> str | None:
+    """A shell line that starts the connections `node` only answers, run after its charon started.
+
+    After a short absence (a restart: `stopped_stamp` holds when the old charon stopped, in epoch
+    seconds, less than ANNOUNCE_AT_ONCE_S ago) the peers still hold SAs with the old daemon, and
+    the INITIAL_CONTACT these initiations carry makes them drop those at once, instead of after
+    dead peer detection. After a longer one (a reboot) a peer may already be re-initiating: if
+    this node also initiated, both would complete and each pair would keep two IKE SAs (with
+    `unique = keep` strongSwan takes a second SA from the same address for a reauthentication).
+    So it first listens for ANNOUNCE_LISTEN_S for an IKE SA from that peer and initiates only if
+    none came (a peer whose try met this charon before swanctl.conf was loaded got
+    NO_PROPOSAL_CHOSEN and stopped trying). The lower-numbered end of each pair starts the others
+    by itself, per swanctl.conf. None when the node answers no connection.
+
+    No quotes, braces or #: the VM's strongswan.conf carries this line as a start-script.
     """
-    passive = [t.name for t in spec.tunnels_of(node) if not t.initiator]
+    passive = [t for t in spec.tunnels_of(node) if not t.initiator]
     if not passive:
         return None
-    return " ".join(f"{shown(swanctl_initiate_child(c, 5))} >/dev/null 2>&1 &" for c in passive) + " wait"
+    listen = " ".join(shown(swanctl_list_sas(raw=True)).split())
+    parts = []
+    for t in passive:
+        parts.append(
+            f"( if [ $away -ge {ANNOUNCE_AT_ONCE_S} ]; then i=0; while [ $i -lt {ANNOUNCE_LISTEN_S * 5} ]; do "
+            f"{listen} 2>/dev/null | grep -qw remote-host={t.remote_addr} && exit 0; sleep 0.2; i=$((i+1)); done; fi; "
+            f"{shown(swanctl_initiate_child(t.name, 5))} ) >/dev/null 2>&1 &")
+    # A missing or garbled stamp counts as a long absence (the careful path).
+    return (f"s=$(cat {stopped_stamp} 2>/dev/null); case x$s in x|x*[!0-9]*) s=0;; esac; "
+            f"away=$(( $(date +%s) - s )); " + " ".join(parts) + " wait")
 
 
 def restart_strongswan_unit() -> Argv:

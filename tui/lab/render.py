@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from . import naming, resources
+from . import commands, naming, resources
 from .errors import LabError
 from .certs import CA_FILE, NodeCredentials
 from .model import LabSpec, Node, Service, pair_key
@@ -251,6 +251,8 @@ def render_vm_node(spec: LabSpec, node: Node, *, secrets: dict[str, str], kube: 
         xfrm_address=True,
         # MOBIKE off: the management NIC must never carry the lab's tunnels (swanctl.conf.j2).
         mobike=False,
+        announce=commands.announce_script(spec, node.name, commands.CHARON_STOPPED),
+        charon_stopped=commands.CHARON_STOPPED,
     )
     wanted = [role for role in VM_FILES
               if role not in (NONE_ONLY_FILES if kube.mode == "kubeadm" else KUBEADM_ONLY_FILES)]
