@@ -90,13 +90,10 @@ def announce_script(spec: LabSpec, node: str, stopped_stamp: str) -> str | None:
     passive = [t for t in spec.tunnels_of(node) if not t.initiator]
     if not passive:
         return None
-    listen = " ".join(shown(swanctl_list_sas(raw=True)).split())
-    parts = []
-    for t in passive:
-        parts.append(
-            f"( if [ $away -ge {ANNOUNCE_AT_ONCE_S} ]; then i=0; while [ $i -lt {ANNOUNCE_LISTEN_S * 5} ]; do "
-            f"{listen} 2>/dev/null | grep -qw remote-host={t.remote_addr} && exit 0; sleep 0.2; i=$((i+1)); done; fi; "
-            f"{shown(swanctl_initiate_child(t.name, 5))} ) >/dev/null 2>&1 &")
+    listen = shown(swanctl_list_sas(raw=True))
+    parts = [f"( if [ $away -ge {ANNOUNCE_AT_ONCE_S} ]; then i=0; while [ $i -lt {ANNOUNCE_LISTEN_S * 5} ]; do "
+             f"{listen} 2>/dev/null | grep -qw remote-host={t.remote_addr} && exit 0; sleep 0.2; i=$((i+1)); done; fi; "
+             f"{shown(swanctl_initiate_child(t.name, 5))} ) >/dev/null 2>&1 &" for t in passive]
     # A missing or garbled stamp counts as a long absence (the careful path).
     return (f"s=$(cat {stopped_stamp} 2>/dev/null); case x$s in x|x*[!0-9]*) s=0;; esac; "
             f"away=$(( $(date +%s) - s )); " + " ".join(parts) + " wait")
