@@ -91,8 +91,12 @@ def announce_script(spec: LabSpec, node: str, stopped_stamp: str) -> str | None:
     if not passive:
         return None
     listen = shown(swanctl_list_sas(raw=True))
-    parts = [f"( if [ $away -ge {ANNOUNCE_AT_ONCE_S} ]; then i=0; while [ $i -lt {ANNOUNCE_LISTEN_S * 5} ]; do "
-             f"{listen} 2>/dev/null | grep -qw remote-host={t.remote_addr} && exit 0; sleep 0.2; i=$((i+1)); done; fi; "
+    # The listen is bounded by the clock, not by a count of tries: under emulation one swanctl call
+    # takes half a second, and 15 tries listened for 10 s (netns in a VM: reboot gap 6-8 s -> 13-18 s).
+    # date +%s counts whole seconds: + 1 makes it at least ANNOUNCE_LISTEN_S.
+    parts = [f"( if [ $away -ge {ANNOUNCE_AT_ONCE_S} ]; then end=$(( $(date +%s) + {ANNOUNCE_LISTEN_S + 1} )); "
+             f"while [ $(date +%s) -lt $end ]; do "
+             f"{listen} 2>/dev/null | grep -qw remote-host={t.remote_addr} && exit 0; sleep 0.2; done; fi; "
              f"{shown(swanctl_initiate_child(t.name, 5))} ) >/dev/null 2>&1 &" for t in passive]
     # A missing or garbled stamp counts as a long absence (the careful path).
     return (f"s=$(cat {stopped_stamp} 2>/dev/null); case x$s in x|x*[!0-9]*) s=0;; esac; "
